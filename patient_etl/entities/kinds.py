@@ -1,0 +1,185 @@
+"""Field kinds: how one text cell becomes a typed value, and which Great Expectations assert it.
+
+Each kind gives a DuckDB expression that turns the trimmed text `{v}` into its candidate canonical
+value, and the expectations the suite puts on the pair (raw text, candidate value). Parsing that
+needs a calendar (is Feb 30 real?) happens in DuckDB; shapes, code sets and ranges are asserted by
+GX. A kind never rolls a bad value over into a good one: what does not parse stays visible.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+US_STATES = {
+    "AL": "Alabama", "AK": "Alaska", "AZ": "Arizona", "AR": "Arkansas", "CA": "California",
+    "CO": "Colorado", "CT": "Connecticut", "DE": "Delaware", "FL": "Florida", "GA": "Georgia",
+    "HI": "Hawaii", "ID": "Idaho", "IL": "Illinois", "IN": "Indiana", "IA": "Iowa", "KS": "Kansas",
+    "KY": "Kentucky", "LA": "Louisiana", "ME": "Maine", "MD": "Maryland", "MA": "Massachusetts",
+    "MI": "Michigan", "MN": "Minnesota", "MS": "Mississippi", "MO": "Missouri", "MT": "Montana",
+    "NE": "Nebraska", "NV": "Nevada", "NH": "New Hampshire", "NJ": "New Jersey", "NM": "New Mexico",
+    "NY": "New York", "NC": "North Carolina", "ND": "North Dakota", "OH": "Ohio", "OK": "Oklahoma",
+    "OR": "Oregon", "PA": "Pennsylvania", "RI": "Rhode Island", "SC": "South Carolina",
+    "SD": "South Dakota", "TN": "Tennessee", "TX": "Texas", "UT": "Utah", "VT": "Vermont",
+    "VA": "Virginia", "WA": "Washington", "WV": "West Virginia", "WI": "Wisconsin", "WY": "Wyoming",
+    "DC": "District of Columbia", "PR": "Puerto Rico", "GU": "Guam", "VI": "U.S. Virgin Islands",
+    "AS": "American Samoa", "MP": "Northern Mariana Islands",
+}
+STATE_ALIASES = {"virgin islands": "VI", "us virgin islands": "VI", "washington dc": "DC", "d.c.": "DC"}
+
+EMAIL_SHAPE = (
+    r"^[a-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[a-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+    r"@([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$"
+)
+
+
+def sql_str(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _case_map(mapping: dict[str, str], on: str, otherwise: str) -> str:
+    whens = " ".join(f"WHEN {sql_str(k)} THEN {sql_str(v)}" for k, v in mapping.items())
+    return f"(CASE {on} {whens} ELSE {otherwise} END)"
+
+
+@dataclass(frozen=True)
+class Check:
+    """One expectation on a field, with the message a failing row gets."""
+
+    kind: str  # not_null | match_regex | not_match_regex | in_set | between
+    column: str  # "raw" or "value": which of the field's two columns it reads
+    message: str
+    severity: str = "error"
+    args: dict = field(default_factory=dict)
+    only_if_present: bool = False  # row_condition: the raw cell is not empty
+
+
+@dataclass(frozen=True)
+class Kind:
+    name: str
+    value_sql: str  # DuckDB expression over {v} (trimmed text, NULL when empty)
+    sql_type: str  # DuckDB type of the normalized column
+    target_type: str  # portable SQL type in the target database
+    describe: str
+    checks: Callable[[dict], list[Check]]
+    normalize_sql: str = "{value}"  # from the checked value to the stored value
+    number_sql: str | None = None  # a numeric view of the value, for range checks
+
+
+def _no_checks(_: dict) -> list[Check]:
+    return []
+
+
+TEXT = Kind("text", "{v}", "VARCHAR", "TEXT", "free text", _no_checks)
+
+
+def code(values: dict[str, str], describe: str) -> Kind:
+    """A code from a small set; `values` maps accepted spellings (lower case) to the code."""
+    codes = sorted(set(values.values()))
+    check = Check("in_set", "value", f"must be one of {', '.join(codes)}", args={"value_set": codes})
+    return Kind("code", _case_map(values, "lower({v})", "{v}"), "VARCHAR", "TEXT", describe, lambda _: [check])
+
+
+SEX = code(
+    {"m": "M", "male": "M", "f": "F", "female": "F", "o": "O", "other": "O",
+     "u": "U", "unknown": "U", "unk": "U"},
+    "M, F, O or U (male, female, other, unknown; any case)",
+)
+
+_state_names = {name.lower(): abbr for abbr, name in US_STATES.items()} | STATE_ALIASES
+STATE = Kind(
+    "state",
+    _case_map(_state_names, "lower({v})", "upper({v})"),
+    "VARCHAR", "TEXT", "two-letter code or full name (50 states, DC, territories)",
+    lambda _: [Check("in_set", "value", "is not a US state, DC or territory",
+                     args={"value_set": sorted(US_STATES)})],
+)
+
+ZIP = Kind(
+    "zip",
+    "(CASE WHEN regexp_full_match({v}, '[0-9]{{3,4}}') THEN lpad({v}, 5, '0') "
+    "WHEN regexp_full_match({v}, '[0-9]{{9}}') THEN left({v}, 5) || '-' || right({v}, 4) "
+    "ELSE {v} END)",
+    "VARCHAR", "TEXT", "5 digits or ZIP+4; 3-4 digits are left-padded with zeros (with a warning)",
+    lambda _: [
+        Check("match_regex", "value", "must be 5 digits or ZIP+4", args={"regex": r"^\d{5}(-\d{4})?$"}),
+        Check("not_match_regex", "raw", "left-padded with zeros to 5 digits", severity="warning",
+              args={"regex": r"^\d{3,4}$"}),
+    ],
+)
+
+PHONE = Kind(
+    "phone",
+    "(CASE WHEN regexp_full_match({v}, '[0-9()+. -]+') THEN "
+    "regexp_replace(regexp_replace({v}, '[^0-9]', '', 'g'), '^1([0-9]{{10}})$', '\\1') ELSE {v} END)",
+    "VARCHAR", "TEXT", "10 digits (a leading US 1 and punctuation are dropped)",
+    lambda _: [Check("match_regex", "value", "must have 10 digits", args={"regex": r"^\d{10}$"})],
+)
+
+EMAIL = Kind(
+    "email", "lower({v})", "VARCHAR", "TEXT", "an e-mail address (stored lower-case)",
+    lambda _: [Check("match_regex", "value", "is not a valid e-mail address", args={"regex": EMAIL_SHAPE})],
+)
+
+SSN = Kind(
+    "ssn",
+    "(CASE WHEN regexp_full_match({v}, '[0-9 -]+') THEN regexp_replace({v}, '[^0-9]', '', 'g') ELSE {v} END)",
+    "VARCHAR", "TEXT", "9 digits; stored and echoed masked to the last four",
+    lambda _: [Check("match_regex", "value", "must have 9 digits", args={"regex": r"^\d{9}$"})],
+    normalize_sql="'***-**-' || right({value}, 4)",
+)
+
+# Dates parse in DuckDB (it knows Feb 30 is not a day); GX sees yyyymmdd as an integer, which keeps
+# its range checks vectorized (a datetime column makes them ~5x slower).
+_DATE_PARSE = (
+    "coalesce(try_strptime({v}, '%Y-%m-%d'), try_strptime({v}, '%m/%d/%Y'), "
+    "CASE WHEN regexp_matches({v}, '^[0-9]{{4}}-[0-9]{{2}}-[0-9]{{2}}[T ][0-9]') "
+    "THEN try_strptime(left({v}, 10), '%Y-%m-%d') END)"
+)
+
+
+def _as_int(day: dt.date) -> int:
+    return day.year * 10000 + day.month * 100 + day.day
+
+
+def _date_checks(options: dict) -> list[Check]:
+    checks = [Check("not_null", "value", "is not a valid date (use YYYY-MM-DD or MM/DD/YYYY)",
+                    only_if_present=True)]
+    earliest, latest = options.get("min_date"), options.get("max_date")
+    if earliest is not None:
+        checks.append(Check("between", "value", f"is before {earliest.isoformat()}",
+                            args={"min_value": _as_int(earliest)}))
+    if latest == "today":
+        checks.append(Check("between", "value", "is in the future",
+                            args={"max_value": _as_int(dt.date.today())}))
+    return checks
+
+
+DATE = Kind(
+    "date",
+    f"CAST(strftime({_DATE_PARSE}, '%Y%m%d') AS INTEGER)",
+    "DATE", "DATE", "YYYY-MM-DD, MM/DD/YYYY, M/D/YYYY or an ISO date-time (date part used)",
+    _date_checks,
+    normalize_sql="CAST(strptime(CAST({value} AS VARCHAR), '%Y%m%d') AS DATE)",
+)
+
+
+def _amount_checks(options: dict) -> list[Check]:
+    checks = [Check("match_regex", "value", "must be an amount with at most two decimals",
+                    args={"regex": r"^-?\d+(\.\d{1,2})?$"})]
+    if options.get("min_amount") is not None:
+        checks.append(Check("between", "number", f"must be at least {options['min_amount']}",
+                            args={"min_value": options["min_amount"]}))
+    return checks
+
+
+AMOUNT = Kind(
+    "amount",
+    "(CASE WHEN regexp_full_match({v}, '\\$?-?[0-9,]*\\.?[0-9]*') THEN replace(replace({v}, '$', ''), ',', '') "
+    "ELSE {v} END)",
+    "DECIMAL(14,2)", "NUMERIC(14,2)", "a decimal amount with at most two decimals",
+    _amount_checks,
+    normalize_sql="CAST({value} AS DECIMAL(14,2))",
+    number_sql="TRY_CAST({value} AS DOUBLE)",
+)

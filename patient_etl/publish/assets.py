@@ -1,0 +1,37 @@
+"""Publish: the batch upserted into the target, and its result logs."""
+
+import dagster as dg
+
+from patient_etl.entities import ENTITIES
+from patient_etl.partitions import batches
+from patient_etl.publish.batch import publish_batch
+from patient_etl.publish.target import safe_url
+from patient_etl.resources import PatientEtl
+
+
+class PublishConfig(dg.Config):
+    dry_run: bool = False
+
+
+@dg.asset(partitions_def=batches, group_name="publish", deps=[dg.AssetKey(name) for name in ENTITIES],
+          retry_policy=dg.RetryPolicy(max_retries=2, delay=2))
+def published_batch(context: dg.AssetExecutionContext, config: PublishConfig, etl: PatientEtl) -> dg.MaterializeResult:
+    """The batch applied to the target in one transaction, with its results file and row log."""
+    registry = etl.registry()
+    batch = registry.require(context.partition_key)
+    summary = publish_batch(etl.home_dir(), batch, etl.target(), dry_run=config.dry_run)
+    registry.set_status(batch, summary.status, counts=summary.counts, results_file=summary.results_file,
+                        reason=None)
+    counts = " · ".join(f"{status} **{n}**" for status, n in summary.counts.items())
+    return dg.MaterializeResult(metadata={
+        "status": summary.status,
+        "dry_run": config.dry_run,
+        **{status.lower(): n for status, n in summary.counts.items()},
+        "summary": dg.MetadataValue.md(f"**{summary.status}**{' (dry run)' if config.dry_run else ''}: {counts}"),
+        "results_file": dg.MetadataValue.path(summary.results_file),
+        "target": safe_url(etl.target()),
+    })
+
+
+def defs() -> dg.Definitions:
+    return dg.Definitions(assets=[published_batch])

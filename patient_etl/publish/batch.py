@@ -1,0 +1,180 @@
+"""Publishing a batch: every entity applied and both logs written in one target transaction, then
+the results files. A file-level failure is recorded here too, with nothing applied."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import duckdb
+
+from patient_etl.batches import Batch, Home
+from patient_etl.entities import ENTITIES
+from patient_etl.entities.spec import Entity
+from patient_etl.publish import results
+from patient_etl.publish.target import Target, maybe_die_before_commit, utc_now
+
+STATUSES = ("Created", "Updated", "Unchanged", "Errored")
+
+
+@dataclass
+class PublishSummary:
+    status: str
+    counts: dict[str, int]
+    results_file: str
+    errors_files: list[str] = field(default_factory=list)
+    by_entity: dict[str, dict[str, int]] = field(default_factory=dict)
+
+
+def publish_order(entities: list[Entity]) -> list[Entity]:
+    """Parents before children, following the references."""
+    ordered: list[Entity] = []
+    pending = list(entities)
+    names = {e.name for e in entities}
+    while pending:
+        ready = [e for e in pending if all(r.entity not in names or r.entity in {o.name for o in ordered}
+                                           for r in e.references)]
+        if not ready:
+            raise ValueError("entity references form a cycle")
+        ordered += ready
+        pending = [e for e in pending if e not in ready]
+    return ordered
+
+
+def batch_row(batch: Batch, status: str, counts: dict[str, int], results_file: str | None,
+              reason: str | None = None) -> dict:
+    return {
+        "batch_id": batch.batch_id, "source": batch.source, "file_names": json.dumps([f.name for f in batch.files]),
+        "sha256": json.dumps({f["name"]: f["sha256"] for f in batch.landed}) if batch.landed else None,
+        "status": status, "reason": reason, "rows_total": sum(counts.values()),
+        "created": counts.get("Created", 0), "updated": counts.get("Updated", 0),
+        "unchanged": counts.get("Unchanged", 0), "errored": counts.get("Errored", 0),
+        "results_file": results_file, "registered_at": batch.registered_at, "finished_at": utc_now(),
+    }
+
+
+def _results_base(batch: Batch, dry_run: bool) -> str:
+    label = "_dry-run" if dry_run else ""
+    return f"{batch.received_on.isoformat()}_{results.safe_stem(batch.display_name)}{label}_results"
+
+
+def publish_batch(home: Home, batch: Batch, target_url: str, dry_run: bool = False) -> PublishSummary:
+    folder = home.batch_staging(batch.batch_id)
+    db = folder / "publish.duckdb"
+    db.unlink(missing_ok=True)
+    duck = duckdb.connect(str(db))
+    target = Target(target_url)
+    try:
+        duck.execute(f"ATTACH '{folder / 'staged.duckdb'}' AS staged (READ_ONLY)")
+        duck.execute(f"ATTACH '{folder / 'checks.duckdb'}' AS checks (READ_ONLY)")
+        present = [r[0] for r in duck.execute("SELECT DISTINCT entity FROM staged.batch_files").fetchall()]
+        entities = publish_order([ENTITIES[name] for name in present])
+        for entity in entities:
+            duck.execute(f"ATTACH '{folder / (entity.name + '.duckdb')}' AS ent_{entity.name} (READ_ONLY)")
+            duck.execute(f"CREATE VIEW {entity.table} AS SELECT * FROM ent_{entity.name}.{entity.table}")
+        now = utc_now()
+        with target.engine.connect() as conn:
+            transaction = conn.begin()
+            target.create_schema(conn, list(ENTITIES.values()))
+            for entity in entities:
+                target.apply_entity(conn, duck, entity, batch.batch_id, now, write=not dry_run)
+            _build_row_log(duck, batch.batch_id, entities)
+            counts = dict(duck.execute("SELECT status, count(*) FROM row_log GROUP BY status").fetchall())
+            counts = {s: counts.get(s, 0) for s in STATUSES}
+            status = "Finished with Errors" if counts["Errored"] else "Finished"
+            tmp, final = results.claim_name(home.results, _results_base(batch, dry_run))
+            results.write_csv(duck, results.results_query("row_log", "staged.batch_files"), tmp)
+            if dry_run:
+                transaction.rollback()
+            else:
+                target.write_logs(conn, duck, "SELECT * FROM row_log",
+                                  batch_row(batch, status, counts, final.name))
+                maybe_die_before_commit()
+                transaction.commit()
+        results_file = results.link_into_place(tmp, final)
+        errors_files = _write_errors_files(home, duck, batch, dry_run)
+        by_entity = {
+            e: dict(duck.execute("SELECT status, count(*) FROM row_log WHERE entity = ? GROUP BY status",
+                                 [e]).fetchall())
+            for e in present
+        }
+        return PublishSummary(status, counts, str(results_file), errors_files, by_entity)
+    finally:
+        duck.close()
+        target.dispose()
+
+
+def _build_row_log(duck: duckdb.DuckDBPyConnection, batch_id: str, entities: list[Entity]) -> None:
+    selects = []
+    for e in entities:
+        checked_cols = {r[0] for r in duck.execute(f"SELECT * FROM checks.checked_{e.name} LIMIT 0").description}
+        raw_key = f"c.{e.key}" if e.key in checked_cols else "NULL"
+        selects.append(f"""
+            SELECT '{batch_id}' AS batch_id, o.file_index, o.row_number, '{e.name}' AS entity,
+                   coalesce(p.key, {raw_key}) AS external_id,
+                   CASE WHEN o.errored OR p.status = 'Conflict' THEN 'Errored' ELSE p.status END AS status,
+                   nullif(concat_ws('; ',
+                       CASE WHEN p.status = 'Conflict' THEN 'error: {e.key}: the same record as row '
+                            || first.row_number || ' of this batch' END,
+                       o.messages), '') AS messages,
+                   nullif(rtrim(p.changed_fields, ','), '') AS changed_fields
+            FROM checks.row_outcome_{e.name} o
+            LEFT JOIN outcome_{e.name} p USING (rid)
+            LEFT JOIN checks.checked_{e.name} c USING (rid)
+            LEFT JOIN checks.row_outcome_{e.name} first ON first.rid = p.first_rid""")
+    duck.execute("CREATE OR REPLACE TABLE row_log AS " + " UNION ALL ".join(selects))
+
+
+def _write_errors_files(home: Home, duck: duckdb.DuckDBPyConnection, batch: Batch, dry_run: bool) -> list[str]:
+    written = []
+    files = duck.execute(
+        "SELECT f.file_index, f.name FROM staged.batch_files f WHERE EXISTS "
+        "(SELECT 1 FROM row_log r WHERE r.file_index = f.file_index AND r.status = 'Errored') ORDER BY 1"
+    ).fetchall()
+    for file_index, name in files:
+        headers = duck.execute(
+            "SELECT position, header, column_name FROM staged.header_map WHERE file_index = ? ORDER BY position",
+            [file_index],
+        ).fetchall()
+        label = "_dry-run" if dry_run else ""
+        tmp, final = results.claim_name(
+            home.results, f"{batch.received_on.isoformat()}_{results.safe_stem(name)}{label}_errors")
+        query = results.errors_query(f"staged.raw_{file_index}", headers, "row_log", file_index)
+        results.write_csv(duck, query, tmp)
+        written.append(str(results.link_into_place(tmp, final)))
+    return written
+
+
+def record_failure(home: Home, batch: Batch, target_url: str | None, reason: str) -> str:
+    """A batch that failed at file level: a results file saying why, and the batch log; no data."""
+    tmp, final = results.claim_name(home.results, _results_base(batch, False))
+    duck = duckdb.connect()
+    try:
+        results.write_csv(duck, f"""
+            SELECT NULL::BIGINT AS row_number, NULL AS entity, NULL AS external_id, 'Failed' AS status,
+                   {results.neutralize('?')} AS messages""".replace("?", _sql_literal("error: file: " + reason)), tmp)
+    finally:
+        duck.close()
+    path = results.link_into_place(tmp, final)
+    if target_url:
+        target = Target(target_url)
+        try:
+            with target.engine.begin() as conn:
+                target.create_schema(conn, list(ENTITIES.values()))
+                target.write_batch_row(conn, batch_row(batch, "Failed", {}, path.name, reason))
+        finally:
+            target.dispose()
+    return str(path)
+
+
+def _sql_literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def staged_entities(folder: Path) -> list[str]:
+    con = duckdb.connect(str(folder / "staged.duckdb"), read_only=True)
+    try:
+        return [r[0] for r in con.execute("SELECT DISTINCT entity FROM batch_files ORDER BY 1").fetchall()]
+    finally:
+        con.close()

@@ -1,0 +1,147 @@
+"""Row checks for one entity of a batch: the GX suite per row, then the cross-row rules in SQL.
+
+Writes, in the batch's checks database: `checked_<entity>` (each field's raw text and candidate
+value), `row_messages` (one row per message) and `row_outcome_<entity>` (errored flag and the
+joined messages per row). Validation never halts the batch; only a check that cannot run does.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+
+from patient_etl.duck import first_row, scalar
+from patient_etl.entities.normalize import match_key_sql
+from patient_etl.entities.spec import Entity
+from patient_etl.quality.suites import group_indexes, rules_for, validate
+
+CHUNK_ROWS = 250_000
+_META = ("rid", "file_index", "row_number", "extra", "width_error")
+
+
+@dataclass
+class CheckSummary:
+    entity: str
+    rows: int = 0
+    errored_rows: int = 0
+    warned_rows: int = 0
+    failures_by_rule: Counter = field(default_factory=Counter)
+
+
+def staged_columns(con: duckdb.DuckDBPyConnection, table: str) -> list[str]:
+    names = [r[0] for r in con.execute(f"SELECT * FROM {table} LIMIT 0").description]
+    return [n for n in names if n not in _META]
+
+
+def _checked_select(entity: Entity, present: list[str]) -> tuple[str, list[str]]:
+    by_name = {c.name: c for c in entity.columns()}
+    wanted = list(present)
+    for group, index in group_indexes(entity, present):
+        wanted += [c for f in group.fields if (c := group.column(f.name, index)) not in wanted]
+    parts = ["rid", "file_index", "row_number", "extra", "width_error"]
+    for name in wanted:
+        kind = by_name[name].field.kind
+        raw = name if name in present else "CAST(NULL AS VARCHAR)"
+        value = kind.value_sql.format(v=raw)
+        parts += [f"{raw} AS {name}", f"{value} AS {name}__value"]
+        if kind.number_sql:
+            parts.append(f"{kind.number_sql.format(value=value)} AS {name}__number")
+    frame_columns = [p.rsplit(" AS ", 1)[-1] for p in parts[5:]]
+    return ", ".join(parts), frame_columns
+
+
+def _frames(con: duckdb.DuckDBPyConnection, table: str, columns: list[str]) -> Iterator[pd.DataFrame]:
+    reader = con.cursor().sql(
+        f"SELECT rid, {', '.join(columns)} FROM {table} WHERE width_error IS NULL ORDER BY rid"
+    ).to_arrow_reader(CHUNK_ROWS)
+    for batch in reader:
+        yield batch.to_pandas(types_mapper=pd.ArrowDtype)
+
+
+def run_row_checks(con: duckdb.DuckDBPyConnection, entity: Entity, staged_table: str) -> CheckSummary:
+    """`con` is the checks database with the staged database attached."""
+    present = staged_columns(con, staged_table)
+    select, frame_columns = _checked_select(entity, present)
+    checked = f"checked_{entity.name}"
+    con.execute(f"CREATE OR REPLACE TABLE {checked} AS SELECT {select} FROM {staged_table}")
+    con.execute(
+        "CREATE TABLE IF NOT EXISTS row_messages (entity VARCHAR, rid BIGINT, severity VARCHAR, label VARCHAR, "
+        "message VARCHAR, rule INTEGER)"
+    )
+    summary = CheckSummary(entity.name, scalar(con, f"SELECT count(*) FROM {checked}"))
+
+    rules = rules_for(entity, present)
+    for index, rids in validate(_frames(con, checked, frame_columns), rules, entity.name):
+        rule = rules[index]
+        summary.failures_by_rule[f"{rule.label} {rule.message}"] += len(rids)
+        failing = pd.DataFrame({"rid": pd.array(rids, dtype="int64")})
+        con.register("failing", failing)
+        con.execute(
+            "INSERT INTO row_messages SELECT ?, rid, ?, ?, ?, ? FROM failing",
+            [entity.name, rule.severity, rule.label, rule.message, index],
+        )
+        con.unregister("failing")
+
+    _cross_row_checks(con, entity, checked, present, len(rules))
+    con.execute(
+        f"""
+        CREATE OR REPLACE TABLE row_outcome_{entity.name} AS
+        SELECT c.rid, c.file_index, c.row_number,
+               coalesce(bool_or(m.severity = 'error'), false) AS errored,
+               coalesce(bool_or(m.severity = 'warning'), false) AS warned,
+               string_agg(m.severity || ': ' || m.label || ': ' || m.message, '; '
+                          ORDER BY m.severity, m.rule, m.label) AS messages
+        FROM {checked} c LEFT JOIN row_messages m ON m.rid = c.rid AND m.entity = '{entity.name}'
+        GROUP BY ALL
+        """
+    )
+    summary.errored_rows, summary.warned_rows = first_row(
+        con, f"SELECT count(*) FILTER (errored), count(*) FILTER (warned AND NOT errored) FROM row_outcome_{entity.name}"
+    )
+    return summary
+
+
+def _cross_row_checks(con: duckdb.DuckDBPyConnection, entity: Entity, checked: str, present: list[str],
+                      first_rule: int) -> None:
+    insert = f"INSERT INTO row_messages SELECT '{entity.name}', rid, ?, ?, message, {first_rule} FROM "
+    con.execute(insert + f"(SELECT rid, width_error AS message FROM {checked} WHERE width_error IS NOT NULL)",
+                ["error", "row"])
+    # A row repeating an earlier row's key; without a key, the match fields stand in for it.
+    identities = []
+    if entity.key in present:
+        identities.append((entity.key, f"{entity.key}__value", f"{entity.key}__value IS NOT NULL", "same "
+                           + entity.key))
+    if entity.match_on and all(f in present for f in entity.match_on):
+        key_empty = f"{entity.key}__value IS NULL" if entity.key in present else "true"
+        identities.append((entity.key, match_key_sql(entity, "{name}__value"), f"{key_empty} AND " + " AND ".join(
+            f"{f}__value IS NOT NULL" for f in entity.match_on), "same " + ", ".join(entity.match_on)
+            + f" and no {entity.key}"))
+    for label, partition, condition, why in identities:
+        con.execute(
+            insert + f"""(
+                SELECT rid, 'repeats row ' || first_row
+                       || CASE WHEN first_file <> file_index THEN ' of file ' || (first_file + 1) ELSE '' END
+                       || ' (' || ? || ')' AS message
+                FROM (SELECT rid, file_index,
+                             first_value(row_number) OVER w AS first_row,
+                             first_value(file_index) OVER w AS first_file,
+                             first_value(rid) OVER w AS first_rid
+                      FROM {checked} WHERE {condition}
+                      WINDOW w AS (PARTITION BY {partition} ORDER BY rid))
+                WHERE rid <> first_rid)""",
+            ["error", label, why],
+        )
+    # Unknown columns are kept (as `extra`) and reported once, on each file's first data row.
+    con.execute(
+        insert + f"""(
+            SELECT min(c.rid) AS rid,
+                   'not a known column; kept as extra data: ' || string_agg(DISTINCT h.header, ', ') AS message
+            FROM {checked} c JOIN header_map h ON h.file_index = c.file_index AND h.column_name IS NULL
+            GROUP BY c.file_index)""",
+        ["warning", "columns"],
+    )

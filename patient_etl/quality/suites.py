@@ -1,0 +1,120 @@
+"""Great Expectations suites, derived from the entity spec, run on DataFrames read from DuckDB.
+
+GX 1.x's SQL engine cannot read DuckDB, so the checked rows go to its pandas engine in chunks of
+Arrow-backed frames. Each expectation carries the message its failing rows get; results come back
+as row ids only (GX also returns the failing values, which are PHI and are dropped here).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import cache
+
+import pandas as pd
+
+from patient_etl.entities.kinds import Check
+from patient_etl.entities.spec import Column, Entity
+
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+
+import great_expectations as gx  # noqa: E402
+import great_expectations.expectations as gxe  # noqa: E402
+
+_EXPECTATIONS = {
+    "not_null": gxe.ExpectColumnValuesToNotBeNull,
+    "match_regex": gxe.ExpectColumnValuesToMatchRegex,
+    "not_match_regex": gxe.ExpectColumnValuesToNotMatchRegex,
+    "in_set": gxe.ExpectColumnValuesToBeInSet,
+    "between": gxe.ExpectColumnValuesToBeBetween,
+}
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One expectation in a suite and what a failing row is told."""
+
+    column: str  # the frame column the expectation reads
+    severity: str
+    label: str  # the field as messages name it (`zip-2`)
+    message: str
+    kind: str
+    args: tuple[tuple[str, object], ...]
+    row_condition: str | None = None
+
+    def expectation(self, index: int) -> gxe.Expectation:
+        extra = {"row_condition": self.row_condition, "condition_parser": "pandas"} if self.row_condition else {}
+        return _EXPECTATIONS[self.kind](column=self.column, meta={"rule": index}, **dict(self.args), **extra)
+
+
+def frame_column(column: Column, check: Check) -> str:
+    return {"raw": column.name, "value": f"{column.name}__value", "number": f"{column.name}__number"}[check.column]
+
+
+def rules_for(entity: Entity, present: list[str]) -> list[Rule]:
+    """The suite for a file that has the staged columns `present`."""
+    by_name = {c.name: c for c in entity.columns()}
+    rules: list[Rule] = []
+    for name in present:
+        column = by_name[name]
+        if column.group is None and column.field.required:
+            rules.append(Rule(name, "error", column.label, "is required", "not_null", ()))
+        for check in column.field.checks():
+            condition = f"{name}.notnull()" if check.only_if_present else None
+            rules.append(Rule(frame_column(column, check), check.severity, column.label, check.message,
+                              check.kind, tuple(check.args.items()), condition))
+    for group, index in group_indexes(entity, present):
+        members = [group.column(f.name, index) for f in group.fields]
+        any_present = " | ".join(f"{m}.notnull()" for m in members)
+        needs = ", ".join(group.complete)
+        for member in group.complete:
+            rules.append(Rule(group.column(member, index), "error", group.label(member, index),
+                              f"is missing; an {group.name} needs {needs}", "not_null", (), any_present))
+    return rules
+
+
+def group_indexes(entity: Entity, present: list[str]):
+    by_name = {c.name: c for c in entity.columns()}
+    seen = sorted({(by_name[p].group.name, by_name[p].index) for p in present if by_name[p].group})
+    groups = {g.name: g for g in entity.groups}
+    return [(groups[name], index) for name, index in seen if groups[name].complete]
+
+
+@cache
+def _context():
+    return gx.get_context(mode="ephemeral")
+
+
+_runs = iter(range(1, 1 << 62))
+
+
+def validate(frames: Iterator[pd.DataFrame], rules: list[Rule], suite_name: str) -> Iterator[tuple[int, list[int]]]:
+    """Run the suite over each frame; yield (rule index, failing row ids) for every failing rule."""
+    context = _context()
+    run = next(_runs)
+    source = context.data_sources.add_pandas(f"{suite_name}-{run}")
+    batch_definition = source.add_dataframe_asset("rows").add_batch_definition_whole_dataframe("all")
+    suite = gx.ExpectationSuite(name=f"{suite_name}-{run}")
+    for i, rule in enumerate(rules):
+        suite.add_expectation(rule.expectation(i))
+    suite = context.suites.add(suite)
+    definition = context.validation_definitions.add(
+        gx.ValidationDefinition(name=f"{suite_name}-{run}", data=batch_definition, suite=suite)
+    )
+    result_format = {"result_format": "COMPLETE", "unexpected_index_column_names": ["rid"],
+                     "return_unexpected_index_query": False, "partial_unexpected_count": 0}
+    try:
+        for frame in frames:
+            result = definition.run(batch_parameters={"dataframe": frame}, result_format=result_format)
+            for outcome in result.results:
+                index = outcome.expectation_config.meta["rule"]
+                if outcome.success:
+                    continue
+                if "unexpected_index_list" not in (outcome.result or {}):
+                    raise RuntimeError(f"row check {rules[index].kind} on {rules[index].label} could not run")
+                yield index, [int(row["rid"]) for row in outcome.result["unexpected_index_list"]]
+    finally:
+        context.validation_definitions.delete(definition.name)
+        context.suites.delete(suite.name)
+        context.data_sources.delete(source.name)

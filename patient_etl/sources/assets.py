@@ -1,0 +1,39 @@
+"""Ingest: the landed copy of each batch."""
+
+import dagster as dg
+
+from patient_etl.partitions import batches
+from patient_etl.resources import PatientEtl
+from patient_etl.sources.landing import land_local, sha256_of
+
+
+@dg.asset(
+    partitions_def=batches,
+    group_name="ingest",
+    retry_policy=dg.RetryPolicy(max_retries=3, delay=5, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS),
+)
+def landed_batch(context: dg.AssetExecutionContext, etl: PatientEtl) -> dg.MaterializeResult:
+    """The batch's raw files, copied into the archive with their sha256 and size."""
+    home, registry = etl.home_dir(), etl.registry()
+    batch = registry.require(context.partition_key)
+    landed = land_local(home, registry, batch)
+    return dg.MaterializeResult(metadata={
+        "source": batch.source,
+        "files": len(landed),
+        "bytes": sum(item["size"] for item in landed),
+        "sha256": dg.MetadataValue.json({str(i["index"] + 1): i["sha256"] for i in landed}),
+        "archive": dg.MetadataValue.path(str(home.batch_archive(batch.batch_id))),
+    })
+
+
+@dg.asset_check(asset=landed_batch, blocking=True)
+def landed_batch_matches_its_sha256(context: dg.AssetCheckExecutionContext, etl: PatientEtl) -> dg.AssetCheckResult:
+    """The archived bytes are the bytes that were received: nothing downstream reads a damaged copy."""
+    home = etl.home_dir()
+    batch = etl.registry().require(context.run.tags["dagster/partition"])
+    bad = [i["index"] + 1 for i in batch.landed if sha256_of(home.root / i["path"]) != i["sha256"]]
+    return dg.AssetCheckResult(passed=not bad, metadata={"files_checked": len(batch.landed), "mismatched": len(bad)})
+
+
+def defs() -> dg.Definitions:
+    return dg.Definitions(assets=[landed_batch], asset_checks=[landed_batch_matches_its_sha256])

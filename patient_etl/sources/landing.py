@@ -1,0 +1,86 @@
+"""Landing: a batch's raw bytes copied into the archive, sha256 and size recorded, before anything
+else happens. The source leaves the inbox only once its landed copy is safe on disk."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+from pathlib import Path
+
+from patient_etl.batches import Batch, Home, Registry
+
+_CHUNK = 1 << 20
+
+
+def archive_name(index: int, name: str) -> str:
+    """The archived file's name: its position and a safe form of the partner's name."""
+    safe = re.sub(r"[^\w.-]+", "_", Path(name).name, flags=re.UNICODE).strip("._") or "file"
+    return f"{index:03d}_{safe}"
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(_CHUNK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def copy_with_digest(source: Path, dest: Path) -> tuple[int, str]:
+    """Stream `source` to `dest` (via a temporary name), fsync'd; return (size, sha256)."""
+    digest = hashlib.sha256()
+    size = 0
+    tmp = dest.with_name(dest.name + ".part")
+    with source.open("rb") as src, tmp.open("wb") as out:
+        while block := src.read(_CHUNK):
+            digest.update(block)
+            size += len(block)
+            out.write(block)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(tmp, dest)
+    return size, digest.hexdigest()
+
+
+def already_landed(home: Home, batch: Batch) -> bool:
+    """A landed batch is reused by backfills, once its archived bytes still match their sha256."""
+    if not batch.landed:
+        return False
+    for item in batch.landed:
+        path = home.root / item["path"]
+        if not path.exists() or sha256_of(path) != item["sha256"]:
+            raise RuntimeError(f"landed copy of batch {batch.batch_id} file {item['index']} is missing or "
+                               "altered; refusing to reprocess it")
+    return True
+
+
+def land_local(home: Home, registry: Registry, batch: Batch) -> list[dict]:
+    """Land files from the upload inbox (moved out afterwards) or from CLI paths (left in place)."""
+    if already_landed(home, batch):
+        return batch.landed
+    folder = home.batch_archive(batch.batch_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    landed = []
+    for index, source in enumerate(batch.files):
+        path = Path(source.location)
+        if not path.is_file():
+            raise FileNotFoundError(f"batch {batch.batch_id}: source file {index + 1} is gone before landing")
+        dest = folder / archive_name(index, source.name)
+        size, digest = copy_with_digest(path, dest)
+        landed.append({"index": index, "name": source.name, "path": str(dest.relative_to(home.root)),
+                       "size": size, "sha256": digest})
+    registry.set_status(batch, "Landed", landed=landed)
+    if batch.source == "upload":
+        for source in batch.files:
+            Path(source.location).unlink(missing_ok=True)
+    return landed
+
+
+def landed_paths(home: Home, batch: Batch) -> list[tuple[str, Path]]:
+    return [(item["name"], home.root / item["path"]) for item in batch.landed]
+
+
+def remove_tree(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)

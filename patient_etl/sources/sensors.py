@@ -1,0 +1,73 @@
+"""The upload-folder sensor: each complete file in the inbox becomes a batch and a run.
+
+A file is complete when its size and modification time are the same on two consecutive ticks (and
+it is older than `settle_seconds`), and its name is not a temporary one. The cursor holds only the
+files seen once and not yet registered, so a tick costs one directory scan however many files wait.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import time
+
+import dagster as dg
+
+from patient_etl.batches import SourceFile, partition_key
+from patient_etl.jobs import import_job
+from patient_etl.partitions import batches
+from patient_etl.resources import PatientEtl
+
+TEMPORARY_SUFFIXES = (".part", ".tmp", ".filepart", ".partial", ".crdownload", ".uploading")
+MAX_NEW_BATCHES_PER_TICK = 200
+
+
+def is_candidate(name: str) -> bool:
+    return not name.startswith((".", "~$")) and not name.lower().endswith(TEMPORARY_SUFFIXES)
+
+
+def upload_batch_id(name: str, size: int, mtime_ns: int) -> str:
+    """Deterministic per file version, so a file seen again on a later tick is the same batch."""
+    when = dt.datetime.fromtimestamp(mtime_ns / 1e9, dt.UTC)
+    return partition_key("upload", name, f"{name}|{size}|{mtime_ns}", when)
+
+
+@dg.sensor(job=import_job, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING)
+def upload_folder_sensor(context: dg.SensorEvaluationContext, etl: PatientEtl) -> dg.SensorResult | dg.SkipReason:
+    home = etl.home_dir()
+    registry = etl.registry()
+    previous: dict[str, list[int]] = json.loads(context.cursor) if context.cursor else {}
+    waiting: dict[str, list[int]] = {}
+    new_batches = []
+    now = time.time()
+    with os.scandir(home.inbox) as entries:
+        for entry in entries:
+            if not entry.is_file(follow_symlinks=False) or not is_candidate(entry.name):
+                continue
+            stat = entry.stat(follow_symlinks=False)
+            signature = [stat.st_size, stat.st_mtime_ns]
+            batch_id = upload_batch_id(entry.name, *signature)
+            if registry.path(batch_id).exists():
+                continue
+            settled = now - stat.st_mtime_ns / 1e9 >= etl.settle_seconds
+            if previous.get(entry.name) != signature or not settled or len(new_batches) >= MAX_NEW_BATCHES_PER_TICK:
+                waiting[entry.name] = signature
+                continue
+            source = SourceFile(entry.name, entry.path, stat.st_size, stat.st_mtime_ns)
+            new_batches.append(registry.register("upload", [source], "", now=None, batch_id=batch_id))
+    cursor = json.dumps(waiting, sort_keys=True)
+    if not new_batches:
+        return dg.SensorResult(
+            skip_reason=dg.SkipReason(f"{len(waiting)} file(s) waiting to settle; no complete new file"),
+            cursor=cursor,
+        )
+    keys = [b.batch_id for b in new_batches]
+    runs = [dg.RunRequest(partition_key=k, run_key=k) for k in keys] if etl.process_on_arrival else []
+    return dg.SensorResult(
+        dynamic_partitions_requests=[batches.build_add_request(keys)], run_requests=runs, cursor=cursor
+    )
+
+
+def defs() -> dg.Definitions:
+    return dg.Definitions(sensors=[upload_folder_sensor])

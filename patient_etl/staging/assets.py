@@ -1,0 +1,42 @@
+"""Stage: the batch loaded into its own DuckDB database, all text, with row numbers."""
+
+import dagster as dg
+
+from patient_etl.partitions import batches
+from patient_etl.publish.batch import record_failure
+from patient_etl.resources import PatientEtl
+from patient_etl.sources.assets import landed_batch
+from patient_etl.sources.landing import landed_paths
+from patient_etl.staging.load import FileRejected, stage_files
+
+
+@dg.asset(partitions_def=batches, group_name="stage", deps=[landed_batch])
+def staged_rows(context: dg.AssetExecutionContext, etl: PatientEtl) -> dg.MaterializeResult:
+    """Every row of the batch's files in DuckDB (one database per batch), header mapped to fields."""
+    home, registry = etl.home_dir(), etl.registry()
+    batch = registry.require(context.partition_key)
+    folder = home.batch_staging(batch.batch_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        staged = stage_files(folder / "staged.duckdb", landed_paths(home, batch), etl.max_file_bytes)
+    except FileRejected as exc:
+        results_file = record_failure(home, batch, etl.target(), exc.reason)
+        registry.set_status(batch, "Failed", reason=exc.reason, results_file=results_file, counts={})
+        raise dg.Failure(
+            description=f"Batch failed at file level ({exc.code}): {exc.reason}",
+            metadata={"failure": exc.code, "results_file": dg.MetadataValue.path(results_file)},
+            allow_retries=False,
+        ) from None
+    registry.set_status(batch, "Staged")
+    return dg.MaterializeResult(metadata={
+        "rows": sum(s.rows for s in staged),
+        "rows_with_wrong_width": sum(s.rejected_rows for s in staged),
+        "files": dg.MetadataValue.md("\n".join(
+            f"- file {s.file_index + 1}: {s.entity}, {s.rows} rows, {len(s.header.unknown)} unknown columns"
+            for s in staged)),
+        "staging_db": dg.MetadataValue.path(str(folder / "staged.duckdb")),
+    })
+
+
+def defs() -> dg.Definitions:
+    return dg.Definitions(assets=[staged_rows])

@@ -1,0 +1,249 @@
+"""Staging: a batch's files checked at file level, then loaded into DuckDB as all-text tables.
+
+File-level problems raise `FileRejected` with a code and a reason a partner can act on; they fail
+the batch. Everything row-level (a row with too few values, a bad date) is left to the row checks.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import duckdb
+
+from patient_etl.duck import scalar
+from patient_etl.entities import ENTITIES
+from patient_etl.entities.spec import Entity, map_header
+
+DEFAULT_MAX_BYTES = 2 * 1024**3
+_CHUNK = 8 * 1024 * 1024
+_DELIMITERS = (",", ";", "\t", "|")
+_BINARY_MAGIC = {
+    b"PK\x03\x04": "a zip or Excel workbook (save it as CSV UTF-8)",
+    b"\xd0\xcf\x11\xe0": "an old Excel/Office document (save it as CSV UTF-8)",
+    b"%PDF": "a PDF document",
+}
+
+
+class FileRejected(Exception):
+    """A file-level problem: the batch fails, and nothing is published."""
+
+    def __init__(self, code: str, reason: str):
+        super().__init__(f"{code}: {reason}")
+        self.code = code
+        self.reason = reason
+
+
+@dataclass
+class HeaderMap:
+    headers: list[str]
+    columns: list[str | None]  # staged column per position; None for an unknown header
+    unknown: list[str] = field(default_factory=list)
+
+
+@dataclass
+class StagedFile:
+    file_index: int
+    name: str
+    path: Path
+    entity: str
+    header: HeaderMap
+    delimiter: str
+    rows: int = 0
+    rejected_rows: int = 0
+
+
+def check_file(path: Path, name: str, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+    """Size, emptiness, binary content and encoding; streams the file, never holds it whole."""
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise FileRejected("too_large", f"{name} is {size:,} bytes; the limit is {max_bytes:,}")
+    if size == 0:
+        raise FileRejected("empty", f"{name} is empty")
+    with path.open("rb") as handle:
+        head = handle.read(4096)
+        for magic, what in _BINARY_MAGIC.items():
+            if head.startswith(magic):
+                raise FileRejected("not_csv", f"{name} is {what}, not a CSV file")
+        if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+            raise FileRejected("encoding", f"{name} is UTF-16; save it as CSV UTF-8")
+        if b"\x00" in head:
+            raise FileRejected("not_csv", f"{name} contains binary data, not CSV text")
+        handle.seek(0)
+        decoder = codecs.getincrementaldecoder("utf-8")()
+        line = 1
+        while chunk := handle.read(_CHUNK):
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as exc:
+                line += chunk[: exc.start].count(b"\n")
+                raise FileRejected(
+                    "encoding", f"{name} is not UTF-8 (first bad byte on line {line}); save it as CSV UTF-8"
+                ) from None
+            line += chunk.count(b"\n")
+        try:
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            raise FileRejected("encoding", f"{name} is not UTF-8 (it ends mid-character)") from None
+
+
+def read_header(path: Path, name: str) -> tuple[list[str], str]:
+    with path.open("r", encoding="utf-8-sig", newline="") as handle:
+        first = handle.readline(1024 * 1024)
+    if not first.strip():
+        raise FileRejected("no_header", f"{name} has no header line")
+    delimiter = max(_DELIMITERS, key=first.count)
+    headers = next(csv.reader(io.StringIO(first), delimiter=delimiter))
+    return [h.strip() for h in headers], delimiter
+
+
+def map_headers(entity: Entity, headers: list[str], name: str) -> HeaderMap:
+    columns: list[str | None] = []
+    seen: dict[str, str] = {}
+    unknown: list[str] = []
+    for header in headers:
+        column = map_header(entity, header) if header else None
+        if column is not None and column in seen:
+            raise FileRejected(
+                "duplicate_field",
+                f"{name}: columns {seen[column]!r} and {header!r} both map to {column}; keep one",
+            )
+        if column is None:
+            unknown.append(header or f"(unnamed column {len(columns) + 1})")
+        else:
+            seen[column] = header
+        columns.append(column)
+    missing = [f for f in entity.required() if f not in seen]
+    if missing:
+        raise FileRejected("missing_columns", f"{name}: required columns missing: {', '.join(missing)}")
+    return HeaderMap(headers, columns, unknown)
+
+
+def detect_entity(name: str, headers: list[str]) -> Entity:
+    """Which entity a file holds: by its name first, then by which entity's headers it matches best."""
+    stem = Path(name).stem.lower()
+    for entity in ENTITIES.values():
+        if stem == entity.name or stem.startswith(entity.name + "_") or stem.startswith(entity.name + "s"):
+            return entity
+
+    def score(entity: Entity) -> tuple[int, int]:
+        mapped = [c for h in headers if (c := map_header(entity, h))]
+        return (all(r in mapped for r in entity.required()), len(mapped))
+
+    return max(ENTITIES.values(), key=score)
+
+
+def _load_file(con: duckdb.DuckDBPyConnection, staged: StagedFile) -> None:
+    """Read one CSV into `raw_<i>` with its 1-based data row numbers, rows of the wrong width kept aside.
+
+    DuckDB's rejects table numbers records (not physical lines), so a rejected record's row number
+    is exact even with quoted newlines; accepted rows take the remaining numbers in file order.
+    """
+    i = staged.file_index
+    width = len(staged.header.headers)
+    columns = "{" + ", ".join(f"'c{j}': 'VARCHAR'" for j in range(width)) + "}"
+    con.execute(
+        f"""
+        CREATE TABLE accepted_{i} AS
+        SELECT * FROM read_csv(?, header = true, columns = {columns}, delim = ?, quote = '"', escape = '"',
+                               store_rejects = true, rejects_table = 'rejects_{i}', rejects_scan = 'scan_{i}',
+                               strict_mode = true, encoding = 'utf-8')
+        """,
+        [str(staged.path), staged.delimiter],
+    )
+    con.execute(
+        f"""
+        CREATE TABLE rejected_{i} AS
+        SELECT DISTINCT ON (line) CAST(line - 1 AS BIGINT) AS row_number, error_type,
+               CAST(regexp_extract(error_message, 'Found: ([0-9]+)', 1) AS VARCHAR) AS found
+        FROM rejects_{i} ORDER BY line
+        """
+    )
+    accepted = scalar(con, f"SELECT count(*) FROM accepted_{i}")
+    rejected = scalar(con, f"SELECT count(*) FROM rejected_{i}")
+    if accepted + rejected == 0:
+        raise FileRejected("no_data", f"{staged.name} has a header but no data rows")
+    con.execute(
+        f"""
+        CREATE TABLE raw_{i} AS
+        WITH numbers AS (
+            SELECT n AS row_number, row_number() OVER (ORDER BY n) AS k
+            FROM range(1, {accepted + rejected + 1}) t(n)
+            WHERE n NOT IN (SELECT row_number FROM rejected_{i})
+        ),
+        ordered AS (SELECT *, rowid + 1 AS k FROM accepted_{i})
+        SELECT numbers.row_number, ordered.* EXCLUDE (k) FROM ordered JOIN numbers USING (k)
+        """
+    )
+    staged.rows, staged.rejected_rows = accepted + rejected, rejected
+
+
+def stage_files(db_path: Path, files: list[tuple[str, Path]], max_bytes: int = DEFAULT_MAX_BYTES,
+                entity: Entity | None = None) -> list[StagedFile]:
+    """Load every file of a batch into `db_path`: one `staged_<entity>` table per entity present.
+
+    `staged_<entity>` has `rid` (unique in the batch), `file_index`, `row_number`, one VARCHAR column
+    per mapped field (NULL when empty), `extra` (unknown columns as JSON) and `width_error`.
+    """
+    db_path.unlink(missing_ok=True)
+    staged: list[StagedFile] = []
+    for i, (name, path) in enumerate(files):
+        check_file(path, name, max_bytes)
+        headers, delimiter = read_header(path, name)
+        file_entity = entity or detect_entity(name, headers)
+        staged.append(StagedFile(i, name, path, file_entity.name, map_headers(file_entity, headers, name),
+                                 delimiter))
+    con = duckdb.connect(str(db_path))
+    try:
+        for item in staged:
+            _load_file(con, item)
+        for entity_name in sorted({s.entity for s in staged}):
+            _union_entity(con, ENTITIES[entity_name], [s for s in staged if s.entity == entity_name])
+        _record_files(con, staged)
+    finally:
+        con.close()
+    return staged
+
+
+def _union_entity(con: duckdb.DuckDBPyConnection, entity: Entity, files: list[StagedFile]) -> None:
+    present = sorted({c for f in files for c in f.header.columns if c}, key=[c.name for c in entity.columns()].index)
+    selects = []
+    for f in files:
+        i = f.file_index
+        by_column = {c: j for j, c in enumerate(f.header.columns) if c}
+        cells = [
+            f"nullif(trim(c{by_column[c]}), '') AS {c}" if c in by_column else f"CAST(NULL AS VARCHAR) AS {c}"
+            for c in present
+        ]
+        unknown = [(j, h) for j, (h, c) in enumerate(zip(f.header.headers, f.header.columns, strict=True))
+                   if c is None]
+        extra = "CAST(NULL AS JSON)"
+        if unknown:
+            pairs = ", ".join(f"'{h.replace(chr(39), chr(39) * 2)}', nullif(trim(c{j}), '')" for j, h in unknown)
+            values = ", ".join(f"nullif(trim(c{j}), '')" for j, _ in unknown)
+            extra = f"CASE WHEN coalesce({values}) IS NOT NULL THEN json_object({pairs}) END"
+        selects.append(
+            f"SELECT CAST({i} AS BIGINT) * 10000000000 + r.row_number AS rid, {i} AS file_index, r.row_number, "
+            f"{', '.join(cells) or 'NULL AS _none'}, {extra} AS extra, CAST(NULL AS VARCHAR) AS width_error "
+            f"FROM raw_{i} r "
+            f"UNION ALL SELECT CAST({i} AS BIGINT) * 10000000000 + x.row_number, {i}, x.row_number, "
+            f"{', '.join('NULL' for _ in present) or 'NULL'}, NULL, "
+            f"'row has ' || coalesce(x.found, '?') || ' values but the header has {len(f.header.headers)}' "
+            f"FROM rejected_{i} x"
+        )
+    con.execute(f"CREATE TABLE staged_{entity.name} AS " + " UNION ALL ".join(selects) + " ORDER BY rid")
+
+
+def _record_files(con: duckdb.DuckDBPyConnection, staged: list[StagedFile]) -> None:
+    con.execute("CREATE TABLE batch_files (file_index INTEGER, name VARCHAR, entity VARCHAR, rows BIGINT, "
+                "rejected_rows BIGINT, delimiter VARCHAR)")
+    con.execute("CREATE TABLE header_map (file_index INTEGER, position INTEGER, header VARCHAR, column_name VARCHAR)")
+    for s in staged:
+        con.execute("INSERT INTO batch_files VALUES (?, ?, ?, ?, ?, ?)",
+                    [s.file_index, s.name, s.entity, s.rows, s.rejected_rows, s.delimiter])
+        con.executemany("INSERT INTO header_map VALUES (?, ?, ?, ?)",
+                        [[s.file_index, j, h, c] for j, (h, c) in
+                         enumerate(zip(s.header.headers, s.header.columns, strict=True))])

@@ -1,0 +1,29 @@
+-- The batch log and the row-level log. Portable across PostgreSQL and SQLite.
+CREATE TABLE IF NOT EXISTS import_batch (
+    batch_id TEXT PRIMARY KEY,
+    source TEXT NOT NULL,
+    file_names TEXT NOT NULL,
+    sha256 TEXT,
+    status TEXT NOT NULL,
+    reason TEXT,
+    rows_total BIGINT NOT NULL DEFAULT 0,
+    created BIGINT NOT NULL DEFAULT 0,
+    updated BIGINT NOT NULL DEFAULT 0,
+    unchanged BIGINT NOT NULL DEFAULT 0,
+    errored BIGINT NOT NULL DEFAULT 0,
+    results_file TEXT,
+    registered_at TIMESTAMPTZ,
+    finished_at TIMESTAMPTZ
+);
+
+CREATE TABLE IF NOT EXISTS import_row (
+    batch_id TEXT NOT NULL,
+    file_index INTEGER NOT NULL,
+    row_number BIGINT NOT NULL,
+    entity TEXT NOT NULL,
+    external_id TEXT,
+    status TEXT NOT NULL,
+    messages TEXT,
+    changed_fields TEXT,
+    PRIMARY KEY (batch_id, entity, file_index, row_number)
+);
