@@ -17,7 +17,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from patient_etl.batches import Home, SourceFile
+from patient_etl.batches import FINAL_STATUSES, Home, SourceFile
 from patient_etl.entities import ENTITIES, entity_named
 from patient_etl.resources import PatientEtl
 
@@ -43,30 +43,35 @@ def expand(paths: list[str]) -> list[Path]:
 def import_batch(paths: list[str], etl: PatientEtl, dry_run: bool = False, mapping: str | None = None,
                  instance: dg.DagsterInstance | None = None) -> dict:
     """Register the files as one batch, run the whole flow on it in-process, return the outcome."""
-    from patient_etl.definitions import build_defs
-
     files = expand(paths)
     sources = [SourceFile(p.name, str(p.absolute()), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
     now = dt.datetime.now(dt.UTC)
     fingerprint = hashlib.sha256(json.dumps([[s.location, s.size, s.mtime_ns] for s in sources]).encode()
                                  + now.isoformat().encode() + os.urandom(8)).hexdigest()
-    registry = etl.registry()
-    batch = registry.register("cli", sources, fingerprint, mapping=mapping, now=now)
+    batch = etl.registry().register("cli", sources, fingerprint, mapping=mapping, now=now)
+    return run_batch(batch.batch_id, etl, dry_run=dry_run, instance=instance)
+
+
+def run_batch(batch_id: str, etl: PatientEtl, dry_run: bool = False,
+              instance: dg.DagsterInstance | None = None) -> dict:
+    """Run the whole flow on a registered batch in-process (a first run, or a reprocess)."""
+    from patient_etl.definitions import build_defs
+
     instance = instance or (dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME")
                             else dg.DagsterInstance.ephemeral())
-    instance.add_dynamic_partitions("batches", [batch.batch_id])
+    instance.add_dynamic_partitions("batches", [batch_id])
     defs = build_defs()
     result = dg.materialize(
         [*defs.assets, *defs.asset_checks],
-        partition_key=batch.batch_id,
+        partition_key=batch_id,
         instance=instance,
         resources={"etl": etl},
         run_config={"ops": {"published_batch": {"config": {"dry_run": dry_run}}}},
         raise_on_error=False,
         tags={"source": "cli"},
     )
-    batch = registry.require(batch.batch_id)
-    status = batch.status if batch.status in ("Finished", "Finished with Errors", "Failed") else "Error"
+    batch = etl.registry().require(batch_id)
+    status = batch.status if batch.status in FINAL_STATUSES else "Error"
     if not result.success and status != "Failed":
         status = "Error"
     return {

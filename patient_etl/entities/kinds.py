@@ -29,8 +29,8 @@ US_STATES = {
 STATE_ALIASES = {"virgin islands": "VI", "us virgin islands": "VI", "washington dc": "DC", "d.c.": "DC"}
 
 EMAIL_SHAPE = (
-    r"^[a-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[a-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
-    r"@([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$"
+    r"^[a-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[a-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+    r"@(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$"
 )
 
 
@@ -103,7 +103,7 @@ ZIP = Kind(
     "ELSE {v} END)",
     "VARCHAR", "TEXT", "5 digits or ZIP+4; 3-4 digits are left-padded with zeros (with a warning)",
     lambda _: [
-        Check("match_regex", "value", "must be 5 digits or ZIP+4", args={"regex": r"^\d{5}(-\d{4})?$"}),
+        Check("match_regex", "value", "must be 5 digits or ZIP+4", args={"regex": r"^\d{5}(?:-\d{4})?$"}),
         Check("not_match_regex", "raw", "left-padded with zeros to 5 digits", severity="warning",
               args={"regex": r"^\d{3,4}$"}),
     ],
@@ -167,7 +167,7 @@ DATE = Kind(
 
 def _amount_checks(options: dict) -> list[Check]:
     checks = [Check("match_regex", "value", "must be an amount with at most two decimals",
-                    args={"regex": r"^-?\d+(\.\d{1,2})?$"})]
+                    args={"regex": r"^-?\d+(?:\.\d{1,2})?$"})]
     if options.get("min_amount") is not None:
         checks.append(Check("between", "number", f"must be at least {options['min_amount']}",
                             args={"min_value": options["min_amount"]}))

@@ -3,6 +3,7 @@
 import dagster as dg
 
 from patient_etl.entities import ENTITIES
+from patient_etl.errors import phi_safe
 from patient_etl.partitions import batches
 from patient_etl.publish.batch import publish_batch
 from patient_etl.publish.target import safe_url
@@ -19,7 +20,8 @@ def published_batch(context: dg.AssetExecutionContext, config: PublishConfig, et
     """The batch applied to the target in one transaction, with its results file and row log."""
     registry = etl.registry()
     batch = registry.require(context.partition_key)
-    summary = publish_batch(etl.home_dir(), batch, etl.target(), dry_run=config.dry_run)
+    with phi_safe(etl.home_dir(), batch.batch_id, "publishing"):
+        summary = publish_batch(etl.home_dir(), batch, etl.target(), dry_run=config.dry_run)
     registry.set_status(batch, summary.status, counts=summary.counts, results_file=summary.results_file,
                         reason=None)
     counts = " · ".join(f"{status} **{n}**" for status, n in summary.counts.items())

@@ -109,7 +109,7 @@ class Target:
                     while rows := result.fetchmany(_FETCH_ROWS):
                         writer.writerows(rows)
             duck.execute(f"CREATE OR REPLACE TABLE {into} AS SELECT * FROM read_csv('{path}', header = false, "
-                         f"columns = {spec}, quote = '\"', escape = '\"')")
+                         f"columns = {spec}, delim = ',', quote = '\"', escape = '\"', auto_detect = false)")
 
     # -- applying one entity ----------------------------------------------------------------------
 

@@ -1,9 +1,10 @@
 """Validate: each row checked by its entity's Great Expectations suite and the cross-row SQL rules."""
 
-import duckdb
 import dagster as dg
+import duckdb
 
 from patient_etl.entities import ENTITIES
+from patient_etl.errors import phi_safe
 from patient_etl.partitions import batches
 from patient_etl.publish.batch import staged_entities
 from patient_etl.quality.row_checks import run_row_checks
@@ -14,18 +15,16 @@ from patient_etl.staging.assets import staged_rows
 @dg.asset(partitions_def=batches, group_name="validate", deps=[staged_rows])
 def row_checks(context: dg.AssetExecutionContext, etl: PatientEtl) -> dg.MaterializeResult:
     """Per-row outcomes of the checks: errors and warnings, by row number (never the values)."""
-    folder = etl.home_dir().batch_staging(context.partition_key)
+    home = etl.home_dir()
+    folder = home.batch_staging(context.partition_key)
     db = folder / "checks.duckdb"
     db.unlink(missing_ok=True)
-    con = duckdb.connect(str(db))
     summaries = []
-    try:
+    with phi_safe(home, context.partition_key, "row checks"), duckdb.connect(str(db)) as con:
         con.execute(f"ATTACH '{folder / 'staged.duckdb'}' AS staged (READ_ONLY)")
         con.execute("CREATE VIEW header_map AS SELECT * FROM staged.header_map")
         for name in staged_entities(folder):
             summaries.append(run_row_checks(con, ENTITIES[name], f"staged.staged_{name}"))
-    finally:
-        con.close()
     top = []
     for s in summaries:
         top += [(count, f"{s.entity}: {rule}") for rule, count in s.failures_by_rule.items()]

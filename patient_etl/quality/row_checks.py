@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import duckdb
 import pandas as pd
@@ -139,9 +138,9 @@ def _cross_row_checks(con: duckdb.DuckDBPyConnection, entity: Entity, checked: s
     # Unknown columns are kept (as `extra`) and reported once, on each file's first data row.
     con.execute(
         insert + f"""(
-            SELECT min(c.rid) AS rid,
-                   'not a known column; kept as extra data: ' || string_agg(DISTINCT h.header, ', ') AS message
-            FROM {checked} c JOIN header_map h ON h.file_index = c.file_index AND h.column_name IS NULL
-            GROUP BY c.file_index)""",
+            SELECT first.rid, 'not a known column; kept as extra data: ' || unknown.headers AS message
+            FROM (SELECT file_index, min(rid) AS rid FROM {checked} GROUP BY file_index) first
+            JOIN (SELECT file_index, string_agg(header, ', ' ORDER BY position) AS headers
+                  FROM header_map WHERE column_name IS NULL GROUP BY file_index) unknown USING (file_index))""",
         ["warning", "columns"],
     )

@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+from patient_etl.errors import phi_safe
 from patient_etl.partitions import batches
 from patient_etl.resources import PatientEtl
 from patient_etl.sources.landing import land_local, sha256_of
@@ -16,7 +17,8 @@ def landed_batch(context: dg.AssetExecutionContext, etl: PatientEtl) -> dg.Mater
     """The batch's raw files, copied into the archive with their sha256 and size."""
     home, registry = etl.home_dir(), etl.registry()
     batch = registry.require(context.partition_key)
-    landed = land_local(home, registry, batch)
+    with phi_safe(home, batch.batch_id, "landing"):
+        landed = land_local(home, registry, batch)
     return dg.MaterializeResult(metadata={
         "source": batch.source,
         "files": len(landed),

@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import shutil
 from pathlib import Path
 
 from patient_etl.batches import Batch, Home, Registry
@@ -59,6 +58,7 @@ def already_landed(home: Home, batch: Batch) -> bool:
 def land_local(home: Home, registry: Registry, batch: Batch) -> list[dict]:
     """Land files from the upload inbox (moved out afterwards) or from CLI paths (left in place)."""
     if already_landed(home, batch):
+        registry.set_status(batch, "Landed")
         return batch.landed
     folder = home.batch_archive(batch.batch_id)
     folder.mkdir(parents=True, exist_ok=True)
@@ -80,7 +80,3 @@ def land_local(home: Home, registry: Registry, batch: Batch) -> list[dict]:
 
 def landed_paths(home: Home, batch: Batch) -> list[tuple[str, Path]]:
     return [(item["name"], home.root / item["path"]) for item in batch.landed]
-
-
-def remove_tree(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)

@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+from patient_etl.errors import phi_safe
 from patient_etl.partitions import batches
 from patient_etl.publish.batch import record_failure
 from patient_etl.resources import PatientEtl
@@ -18,7 +19,8 @@ def staged_rows(context: dg.AssetExecutionContext, etl: PatientEtl) -> dg.Materi
     folder = home.batch_staging(batch.batch_id)
     folder.mkdir(parents=True, exist_ok=True)
     try:
-        staged = stage_files(folder / "staged.duckdb", landed_paths(home, batch), etl.max_file_bytes)
+        with phi_safe(home, batch.batch_id, "staging"):
+            staged = stage_files(folder / "staged.duckdb", landed_paths(home, batch), etl.max_file_bytes)
     except FileRejected as exc:
         results_file = record_failure(home, batch, etl.target(), exc.reason)
         registry.set_status(batch, "Failed", reason=exc.reason, results_file=results_file, counts={})

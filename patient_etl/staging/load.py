@@ -16,6 +16,7 @@ import duckdb
 
 from patient_etl.duck import scalar
 from patient_etl.entities import ENTITIES
+from patient_etl.errors import SafeError
 from patient_etl.entities.spec import Entity, map_header
 
 DEFAULT_MAX_BYTES = 2 * 1024**3
@@ -28,7 +29,7 @@ _BINARY_MAGIC = {
 }
 
 
-class FileRejected(Exception):
+class FileRejected(SafeError):
     """A file-level problem: the batch fails, and nothing is published."""
 
     def __init__(self, code: str, reason: str):
@@ -199,7 +200,11 @@ def stage_files(db_path: Path, files: list[tuple[str, Path]], max_bytes: int = D
     con = duckdb.connect(str(db_path))
     try:
         for item in staged:
-            _load_file(con, item)
+            try:
+                _load_file(con, item)
+            except duckdb.Error as exc:  # its text may quote a line of the file: keep only the type
+                raise FileRejected("unreadable", f"{item.name} could not be read as CSV "
+                                                 f"({type(exc).__name__})") from None
         for entity_name in sorted({s.entity for s in staged}):
             _union_entity(con, ENTITIES[entity_name], [s for s in staged if s.entity == entity_name])
         _record_files(con, staged)
@@ -212,7 +217,7 @@ def _union_entity(con: duckdb.DuckDBPyConnection, entity: Entity, files: list[St
     present = sorted({c for f in files for c in f.header.columns if c}, key=[c.name for c in entity.columns()].index)
     selects = []
     for f in files:
-        i = f.file_index
+        i, width = f.file_index, len(f.header.headers)
         by_column = {c: j for j, c in enumerate(f.header.columns) if c}
         cells = [
             f"nullif(trim(c{by_column[c]}), '') AS {c}" if c in by_column else f"CAST(NULL AS VARCHAR) AS {c}"
@@ -231,7 +236,9 @@ def _union_entity(con: duckdb.DuckDBPyConnection, entity: Entity, files: list[St
             f"FROM raw_{i} r "
             f"UNION ALL SELECT CAST({i} AS BIGINT) * 10000000000 + x.row_number, {i}, x.row_number, "
             f"{', '.join('NULL' for _ in present) or 'NULL'}, NULL, "
-            f"'row has ' || coalesce(x.found, '?') || ' values but the header has {len(f.header.headers)}' "
+            f"CASE x.error_type WHEN 'MISSING COLUMNS' THEN 'row has ' || x.found || ' values but the header has {width}' "
+            f"WHEN 'TOO MANY COLUMNS' THEN 'row has more values than the header''s {width} columns' "
+            f"ELSE 'row could not be parsed (' || lower(x.error_type) || '); check its quotes' END "
             f"FROM rejected_{i} x"
         )
     con.execute(f"CREATE TABLE staged_{entity.name} AS " + " UNION ALL ".join(selects) + " ORDER BY rid")
