@@ -76,6 +76,7 @@ def publish_batch(home: Home, batch: Batch, target_url: str, dry_run: bool = Fal
         now = utc_now()
         with target.engine.connect() as conn:
             transaction = conn.begin()
+            target.serialize_publishes(conn)
             target.create_schema(conn, list(ENTITIES.values()))
             for entity in entities:
                 target.apply_entity(conn, duck, entity, batch.batch_id, now, write=not dry_run)
@@ -161,6 +162,7 @@ def record_failure(home: Home, batch: Batch, target_url: str | None, reason: str
         target = Target(target_url)
         try:
             with target.engine.begin() as conn:
+                target.serialize_publishes(conn)
                 target.create_schema(conn, list(ENTITIES.values()))
                 target.write_batch_row(conn, batch_row(batch, "Failed", {}, path.name, reason))
         finally:

@@ -56,9 +56,19 @@ class EntityOutcome:
 class Target:
     def __init__(self, url: str):
         self.url = normalize_url(url)
-        kwargs = {"connect_args": {"timeout": 60}} if self.url.startswith("sqlite") else {}
+        kwargs = {"connect_args": {"timeout": 300}} if self.url.startswith("sqlite") else {}
         self.engine = sa.create_engine(self.url, **kwargs)
         self.dialect = self.engine.dialect.name
+        if self.dialect == "sqlite":
+            # pysqlite opens transactions lazily, after our reads: take the write lock up front instead.
+            sa.event.listen(self.engine, "connect", _sqlite_autocommit_driver)
+            sa.event.listen(self.engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
+
+    def serialize_publishes(self, conn: sa.Connection) -> None:
+        """One publish at a time per target: outcomes are decided against a target no one else is
+        changing. SQLite's BEGIN IMMEDIATE already holds its write lock."""
+        if self.dialect == "postgresql":
+            conn.exec_driver_sql("SELECT pg_advisory_xact_lock(hashtext('patient_etl.publish'))")
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -184,6 +194,10 @@ class Target:
 
     def write_batch_row(self, conn: sa.Connection, batch_row: dict) -> None:
         conn.execute(sa.text(read_sql("upsert_batch_log.sql")), batch_row)
+
+
+def _sqlite_autocommit_driver(dbapi_connection, _record) -> None:
+    dbapi_connection.isolation_level = None
 
 
 def maybe_die_before_commit() -> None:
