@@ -23,6 +23,8 @@ class PatientEtl(dg.ConfigurableResource):
     max_file_bytes: int = DEFAULT_MAX_BYTES
     process_on_arrival: bool = True
     settle_seconds: float = 0.0
+    webhook_url: str | None = None
+    webhook_secret: str | None = None
 
     def home_dir(self) -> Home:
         if self.home:
@@ -35,6 +37,16 @@ class PatientEtl(dg.ConfigurableResource):
     def target(self) -> str:
         return self.target_url or self.home_dir().embedded_target_url
 
+    def notify(self, log, batch) -> None:
+        """The finished-batch webhook, when one is configured; a failed delivery is a warning."""
+        if not self.webhook_url:
+            return
+        from patient_etl.publish.notify import send
+
+        problem = send(self.webhook_url, batch, self.webhook_secret)
+        if problem:
+            log.warning(f"webhook for batch {batch.batch_id} not delivered: {problem}")
+
 
 def patient_etl_from_env() -> PatientEtl:
     """Built when the code location loads: only the presence of a variable is read here, its value
@@ -44,6 +56,9 @@ def patient_etl_from_env() -> PatientEtl:
         env["home"] = dg.EnvVar("PATIENT_ETL_HOME")
     if "PATIENT_ETL_TARGET_URL" in os.environ:
         env["target_url"] = dg.EnvVar("PATIENT_ETL_TARGET_URL")
+    for name in ("webhook_url", "webhook_secret"):
+        if f"PATIENT_ETL_{name.upper()}" in os.environ:
+            env[name] = dg.EnvVar(f"PATIENT_ETL_{name.upper()}")
     if "PATIENT_ETL_MAX_FILE_BYTES" in os.environ:
         env["max_file_bytes"] = dg.EnvVar.int("PATIENT_ETL_MAX_FILE_BYTES")
     return PatientEtl(**env)

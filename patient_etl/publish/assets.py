@@ -22,8 +22,10 @@ def published_batch(context: dg.AssetExecutionContext, config: PublishConfig, et
     batch = registry.require(context.partition_key)
     with phi_safe(etl.home_dir(), batch.batch_id, "publishing"):
         summary = publish_batch(etl.home_dir(), batch, etl.target(), dry_run=config.dry_run)
-    registry.set_status(batch, summary.status, counts=summary.counts, results_file=summary.results_file,
-                        reason=None)
+    batch = registry.set_status(batch, summary.status, counts=summary.counts, results_file=summary.results_file,
+                                reason=None)
+    if not config.dry_run:
+        etl.notify(context.log, batch)
     counts = " · ".join(f"{status} **{n}**" for status, n in summary.counts.items())
     return dg.MaterializeResult(metadata={
         "status": summary.status,

@@ -19,7 +19,7 @@ from pathlib import Path
 import duckdb
 import sqlalchemy as sa
 
-from patient_etl.entities.normalize import create_table_sql, stored_columns
+from patient_etl.entities.normalize import stored_columns
 from patient_etl.entities.spec import Entity
 
 SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
@@ -74,8 +74,11 @@ class Target:
         self.engine.dispose()
 
     def create_schema(self, conn: sa.Connection, entities: list[Entity]) -> None:
-        statements = read_sql("create_import_log.sql").split(";")
-        statements += [s for e in entities for s in create_table_sql(e).split(";")]
+        """The DDL files in sql/ (generated from the spec; a test keeps them in step)."""
+        files = ["create_import_log.sql", *(f"create_{e.name}.sql" for e in entities)]
+        text = "\n".join(line for name in files for line in read_sql(name).splitlines()
+                         if not line.lstrip().startswith("--"))
+        statements = text.split(";")
         for statement in statements:
             if statement.strip():
                 conn.exec_driver_sql(statement)

@@ -23,7 +23,8 @@ def staged_rows(context: dg.AssetExecutionContext, etl: PatientEtl) -> dg.Materi
             staged = stage_files(folder / "staged.duckdb", landed_paths(home, batch), etl.max_file_bytes)
     except FileRejected as exc:
         results_file = record_failure(home, batch, etl.target(), exc.reason)
-        registry.set_status(batch, "Failed", reason=exc.reason, results_file=results_file, counts={})
+        batch = registry.set_status(batch, "Failed", reason=exc.reason, results_file=results_file, counts={})
+        etl.notify(context.log, batch)
         raise dg.Failure(
             description=f"Batch failed at file level ({exc.code}): {exc.reason}",
             metadata={"failure": exc.code, "results_file": dg.MetadataValue.path(results_file)},

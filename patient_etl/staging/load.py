@@ -16,8 +16,8 @@ import duckdb
 
 from patient_etl.duck import scalar
 from patient_etl.entities import ENTITIES
-from patient_etl.errors import SafeError
 from patient_etl.entities.spec import Entity, map_header
+from patient_etl.errors import SafeError
 
 DEFAULT_MAX_BYTES = 2 * 1024**3
 _CHUNK = 8 * 1024 * 1024

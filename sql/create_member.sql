@@ -1,0 +1,22 @@
+-- Generated from the entity spec by `python -m patient_etl.entities.ddl`, not by hand.
+CREATE TABLE IF NOT EXISTS member (
+    member_id TEXT PRIMARY KEY,
+    first_name TEXT,
+    middle_name TEXT,
+    last_name TEXT,
+    birth_date DATE,
+    sex TEXT,
+    ssn TEXT,
+    family_id TEXT,
+    relationship TEXT,
+    addresses TEXT,
+    emails TEXT,
+    phones TEXT,
+    extra TEXT,
+    match_key TEXT,
+    created_batch_id TEXT,
+    updated_batch_id TEXT,
+    created_at TIMESTAMPTZ,
+    updated_at TIMESTAMPTZ
+);
+CREATE INDEX IF NOT EXISTS member_match_key ON member (match_key);
