@@ -176,7 +176,6 @@ class Target:
                 SELECT {', '.join('s.' + c for c in cols)}, '{batch_id}', '{batch_id}', '{now}', '{now}'
                 FROM {incoming} s JOIN {outcome} o ON o.rid = s.rid
                 WHERE o.status IN ('Created', 'Updated')
-                ORDER BY s.{key}
                 ON CONFLICT ({key}) DO UPDATE SET
                     {', '.join(f'{c} = coalesce(excluded.{c}, {entity.table}.{c})' for c in non_key)},
                     updated_batch_id = excluded.updated_batch_id, updated_at = excluded.updated_at""")

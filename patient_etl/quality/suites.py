@@ -8,6 +8,7 @@ as row ids only (GX also returns the failing values, which are PHI and are dropp
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
@@ -88,33 +89,60 @@ def _context():
 
 _runs = iter(range(1, 1 << 62))
 
+# Failing row ids only: GX then returns them as one list instead of a dict per row with its value,
+# which is both PHI and, at 100k failing rows, most of the validation time.
+RESULT_FORMAT = {"result_format": "COMPLETE", "unexpected_index_column_names": ["rid"],
+                 "return_unexpected_index_query": False, "partial_unexpected_count": 0,
+                 "exclude_unexpected_values": True}
+
+
+def columns_read(rule: Rule) -> tuple[str, ...]:
+    conditions = re.findall(r"(\w+)\.notnull\(\)", rule.row_condition or "")
+    return tuple(sorted({rule.column, *conditions}))
+
+
+def _failing_rids(result: dict) -> list[int]:
+    rids: list[int] = []
+    for item in result.get("unexpected_index_list") or []:
+        value = item["rid"]
+        rids.extend(int(v) for v in value) if isinstance(value, list) else rids.append(int(value))
+    return rids
+
 
 def validate(frames: Iterator[pd.DataFrame], rules: list[Rule], suite_name: str) -> Iterator[tuple[int, list[int]]]:
-    """Run the suite over each frame; yield (rule index, failing row ids) for every failing rule."""
+    """Run the suite over each frame; yield (rule index, failing row ids) for every failing rule.
+
+    Rules run in groups by the columns they read, each on a frame of just those columns: GX's
+    pandas engine copies the whole frame it filters for every metric, so narrow frames are ~10x faster.
+    """
     context = _context()
     run = next(_runs)
     source = context.data_sources.add_pandas(f"{suite_name}-{run}")
-    batch_definition = source.add_dataframe_asset("rows").add_batch_definition_whole_dataframe("all")
-    suite = gx.ExpectationSuite(name=f"{suite_name}-{run}")
+    groups: dict[tuple[str, ...], list[int]] = {}
     for i, rule in enumerate(rules):
-        suite.add_expectation(rule.expectation(i))
-    suite = context.suites.add(suite)
-    definition = context.validation_definitions.add(
-        gx.ValidationDefinition(name=f"{suite_name}-{run}", data=batch_definition, suite=suite)
-    )
-    result_format = {"result_format": "COMPLETE", "unexpected_index_column_names": ["rid"],
-                     "return_unexpected_index_query": False, "partial_unexpected_count": 0}
+        groups.setdefault(columns_read(rule), []).append(i)
+    definitions = []
+    for g, (columns, members) in enumerate(groups.items()):
+        name = f"{suite_name}-{run}-{g}"
+        batch_definition = source.add_dataframe_asset(name).add_batch_definition_whole_dataframe("all")
+        suite = context.suites.add(gx.ExpectationSuite(
+            name=name, expectations=[rules[i].expectation(i) for i in members]))
+        definition = context.validation_definitions.add(
+            gx.ValidationDefinition(name=name, data=batch_definition, suite=suite))
+        definitions.append((["rid", *columns], definition))
     try:
         for frame in frames:
-            result = definition.run(batch_parameters={"dataframe": frame}, result_format=result_format)
-            for outcome in result.results:
-                index = outcome.expectation_config.meta["rule"]
-                if outcome.success:
-                    continue
-                if "unexpected_index_list" not in (outcome.result or {}):
-                    raise RuntimeError(f"row check {rules[index].kind} on {rules[index].label} could not run")
-                yield index, [int(row["rid"]) for row in outcome.result["unexpected_index_list"]]
+            for columns, definition in definitions:
+                result = definition.run(batch_parameters={"dataframe": frame[columns]}, result_format=RESULT_FORMAT)
+                for outcome in result.results:
+                    index = outcome.expectation_config.meta["rule"]
+                    if outcome.success:
+                        continue
+                    if "unexpected_index_list" not in (outcome.result or {}):
+                        raise RuntimeError(f"row check {rules[index].kind} on {rules[index].label} could not run")
+                    yield index, _failing_rids(outcome.result)
     finally:
-        context.validation_definitions.delete(definition.name)
-        context.suites.delete(suite.name)
+        for _, definition in definitions:
+            context.validation_definitions.delete(definition.name)
+            context.suites.delete(definition.suite.name)
         context.data_sources.delete(source.name)
