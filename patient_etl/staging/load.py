@@ -167,6 +167,10 @@ def _load_file(con: duckdb.DuckDBPyConnection, staged: StagedFile) -> None:
     rejected = scalar(con, f"SELECT count(*) FROM rejected_{i}")
     if accepted + rejected == 0:
         raise FileRejected("no_data", f"{staged.name} has a header but no data rows")
+    if rejected == 0:
+        con.execute(f"CREATE TABLE raw_{i} AS SELECT rowid + 1 AS row_number, * FROM accepted_{i}")
+        staged.rows, staged.rejected_rows = accepted, 0
+        return
     con.execute(
         f"""
         CREATE TABLE raw_{i} AS
