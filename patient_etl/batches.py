@@ -86,6 +86,8 @@ class Batch:
     counts: dict[str, int] = field(default_factory=dict)
     results_file: str | None = None
     history: list[dict] = field(default_factory=list)
+    dry_run: bool = False
+    remote: dict = field(default_factory=dict)  # SFTP: names retired from pending, results delivered
 
     @property
     def display_name(self) -> str:

@@ -19,7 +19,7 @@ import dagster as dg
 
 from patient_etl.batches import FINAL_STATUSES, Home, SourceFile
 from patient_etl.entities import ENTITIES, entity_named
-from patient_etl.resources import PatientEtl
+from patient_etl.resources import PartnerSftp, PatientEtl, partner_sftp_from_env
 
 REPO_DATA = Path(__file__).resolve().parents[1] / "data"
 DEMO_HOME = "patient_etl_demo"
@@ -53,7 +53,7 @@ def import_batch(paths: list[str], etl: PatientEtl, dry_run: bool = False, mappi
 
 
 def run_batch(batch_id: str, etl: PatientEtl, dry_run: bool = False,
-              instance: dg.DagsterInstance | None = None) -> dict:
+              instance: dg.DagsterInstance | None = None, sftp: PartnerSftp | None = None) -> dict:
     """Run the whole flow on a registered batch in-process (a first run, or a reprocess)."""
     from patient_etl.definitions import build_defs
 
@@ -65,7 +65,7 @@ def run_batch(batch_id: str, etl: PatientEtl, dry_run: bool = False,
         [*defs.assets, *defs.asset_checks],
         partition_key=batch_id,
         instance=instance,
-        resources={"etl": etl},
+        resources={"etl": etl, "sftp": sftp or partner_sftp_from_env()},
         run_config={"ops": {"published_batch": {"config": {"dry_run": dry_run}}}},
         raise_on_error=False,
         tags={"source": "cli"},

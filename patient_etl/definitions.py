@@ -7,9 +7,9 @@ from patient_etl.entities import assets as entity_assets
 from patient_etl.jobs import import_job
 from patient_etl.publish import assets as publish_assets
 from patient_etl.quality import assets as quality_assets
-from patient_etl.resources import patient_etl_from_env
+from patient_etl.resources import partner_sftp_from_env, patient_etl_from_env
 from patient_etl.sources import assets as source_assets
-from patient_etl.sources import sensors
+from patient_etl.sources import delivery, sensors
 from patient_etl.staging import assets as staging_assets
 
 
@@ -20,9 +20,10 @@ def build_defs() -> dg.Definitions:
         quality_assets.defs(),
         entity_assets.defs(),
         publish_assets.defs(),
+        delivery.defs(),
         sensors.defs(),
         schedules.defs(),
-        dg.Definitions(jobs=[import_job], resources={"etl": patient_etl_from_env()}),
+        dg.Definitions(jobs=[import_job], resources={"etl": patient_etl_from_env(), "sftp": partner_sftp_from_env()}),
     )
 
 

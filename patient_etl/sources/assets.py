@@ -4,8 +4,8 @@ import dagster as dg
 
 from patient_etl.errors import phi_safe
 from patient_etl.partitions import batches
-from patient_etl.resources import PatientEtl
-from patient_etl.sources.landing import land_local, sha256_of
+from patient_etl.resources import PartnerSftp, PatientEtl
+from patient_etl.sources.landing import land_local, land_sftp, sha256_of
 
 
 @dg.asset(
@@ -13,12 +13,15 @@ from patient_etl.sources.landing import land_local, sha256_of
     group_name="ingest",
     retry_policy=dg.RetryPolicy(max_retries=3, delay=5, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS),
 )
-def landed_batch(context: dg.AssetExecutionContext, etl: PatientEtl) -> dg.MaterializeResult:
+def landed_batch(context: dg.AssetExecutionContext, etl: PatientEtl, sftp: PartnerSftp) -> dg.MaterializeResult:
     """The batch's raw files, copied into the archive with their sha256 and size."""
     home, registry = etl.home_dir(), etl.registry()
     batch = registry.require(context.partition_key)
     with phi_safe(home, batch.batch_id, "landing"):
-        landed = land_local(home, registry, batch)
+        if batch.source == "sftp":
+            landed = land_sftp(home, registry, batch, sftp.require())
+        else:
+            landed = land_local(home, registry, batch)
     return dg.MaterializeResult(metadata={
         "source": batch.source,
         "files": len(landed),

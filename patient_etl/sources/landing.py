@@ -3,12 +3,14 @@ else happens. The source leaves the inbox only once its landed copy is safe on d
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
 from pathlib import Path
 
 from patient_etl.batches import Batch, Home, Registry
+from patient_etl.sources.sftp import SftpServer
 
 _CHUNK = 1 << 20
 
@@ -80,3 +82,48 @@ def land_local(home: Home, registry: Registry, batch: Batch) -> list[dict]:
 
 def landed_paths(home: Home, batch: Batch) -> list[tuple[str, Path]]:
     return [(item["name"], home.root / item["path"]) for item in batch.landed]
+
+
+def land_sftp(home: Home, registry: Registry, batch: Batch, server: SftpServer) -> list[dict]:
+    """Download each file (sha256 while streaming), then retire it from the pending folder.
+
+    A backfill finds the batch landed and its files retired, and never contacts the server.
+    """
+    if already_landed(home, batch):
+        registry.set_status(batch, "Landed")
+    else:
+        folder = home.batch_archive(batch.batch_id)
+        folder.mkdir(parents=True, exist_ok=True)
+        landed = []
+        for index, source in enumerate(batch.files):
+            size, digest = server.download(source.location, folder / archive_name(index, source.name))
+            landed.append({"index": index, "name": source.name,
+                           "path": str((folder / archive_name(index, source.name)).relative_to(home.root)),
+                           "size": size, "sha256": digest})
+        registry.set_status(batch, "Landed", landed=landed)
+    retired = set(batch.remote.get("retired", []))
+    for source in batch.files:
+        if source.location not in retired:
+            # FileNotFoundError: retired by an earlier attempt that died before recording it.
+            with contextlib.suppress(FileNotFoundError):
+                server.retire(source.location)
+            retired.add(source.location)
+            batch.remote["retired"] = sorted(retired)
+            registry.save(batch)
+    return batch.landed
+
+
+def remote_results_name(batch: Batch) -> str:
+    """`YYYY-MM-DD_<original name>_results.csv`: the partner's own name, dated by receipt."""
+    return f"{batch.received_on.isoformat()}_{Path(batch.display_name).stem}_results.csv"
+
+
+def deliver_results(registry: Registry, batch: Batch, server: SftpServer) -> str | None:
+    """Upload the batch's results file into the results folder, once per results file."""
+    if not batch.results_file:
+        return None
+    delivered = batch.remote.setdefault("delivered", {})
+    if batch.results_file not in delivered:
+        delivered[batch.results_file] = server.upload_result(Path(batch.results_file), remote_results_name(batch))
+        registry.save(batch)
+    return delivered[batch.results_file]

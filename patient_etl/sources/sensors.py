@@ -17,7 +17,8 @@ import dagster as dg
 from patient_etl.batches import SourceFile, partition_key
 from patient_etl.jobs import import_job
 from patient_etl.partitions import batches
-from patient_etl.resources import PatientEtl
+from patient_etl.resources import PartnerSftp, PatientEtl
+from patient_etl.sources.sftp import RemoteFile, SftpError
 
 TEMPORARY_SUFFIXES = (".part", ".tmp", ".filepart", ".partial", ".crdownload", ".uploading")
 MAX_NEW_BATCHES_PER_TICK = 200
@@ -55,7 +56,55 @@ def upload_folder_sensor(context: dg.SensorEvaluationContext, etl: PatientEtl) -
                 waiting[entry.name] = signature
                 continue
             source = SourceFile(entry.name, entry.path, stat.st_size, stat.st_mtime_ns)
-            new_batches.append(registry.register("upload", [source], "", now=None, batch_id=batch_id))
+            received = dt.datetime.fromtimestamp(stat.st_mtime_ns / 1e9, dt.UTC)
+            new_batches.append(registry.register("upload", [source], "", now=received, batch_id=batch_id))
+    cursor = json.dumps(waiting, sort_keys=True)
+    if not new_batches:
+        return dg.SensorResult(
+            skip_reason=dg.SkipReason(f"{len(waiting)} file(s) waiting to settle; no complete new file"),
+            cursor=cursor,
+        )
+    keys = [b.batch_id for b in new_batches]
+    runs = [dg.RunRequest(partition_key=k, run_key=k) for k in keys] if etl.process_on_arrival else []
+    return dg.SensorResult(
+        dynamic_partitions_requests=[batches.build_add_request(keys)], run_requests=runs, cursor=cursor
+    )
+
+
+def sftp_batch_id(remote: RemoteFile) -> str:
+    when = dt.datetime.fromtimestamp(remote.mtime, dt.UTC)
+    return partition_key("sftp", remote.name, f"{remote.name}|{remote.size}|{remote.mtime}", when)
+
+
+@dg.sensor(job=import_job, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING)
+def sftp_sensor(context: dg.SensorEvaluationContext, etl: PatientEtl, sftp: PartnerSftp) -> dg.SensorResult:
+    """Each complete file in the SFTP pending folder becomes a batch and a run.
+
+    Complete: the same size and modification time on two consecutive looks, and not a temporary
+    name. A tick that cannot reach the server skips with the reason; the daemon carries on.
+    """
+    if sftp.server is None:
+        return dg.SensorResult(skip_reason=dg.SkipReason("SFTP is not configured (PATIENT_ETL_SFTP_HOST)"),
+                               cursor=context.cursor)
+    try:
+        pending = sftp.server.list_pending()
+    except SftpError as exc:
+        return dg.SensorResult(skip_reason=dg.SkipReason(f"SFTP server unavailable: {exc}"), cursor=context.cursor)
+    registry = etl.registry()
+    previous: dict[str, list[int]] = json.loads(context.cursor) if context.cursor else {}
+    waiting: dict[str, list[int]] = {}
+    new_batches = []
+    for remote in pending:
+        batch_id = sftp_batch_id(remote)
+        if registry.path(batch_id).exists():
+            continue
+        signature = [remote.size, remote.mtime]
+        if previous.get(remote.name) != signature or len(new_batches) >= MAX_NEW_BATCHES_PER_TICK:
+            waiting[remote.name] = signature
+            continue
+        source = SourceFile(remote.name, remote.name, remote.size, remote.mtime * 10**9)
+        received = dt.datetime.fromtimestamp(remote.mtime, dt.UTC)  # the partner's upload, not our tick
+        new_batches.append(registry.register("sftp", [source], "", now=received, batch_id=batch_id))
     cursor = json.dumps(waiting, sort_keys=True)
     if not new_batches:
         return dg.SensorResult(
@@ -70,4 +119,4 @@ def upload_folder_sensor(context: dg.SensorEvaluationContext, etl: PatientEtl) -
 
 
 def defs() -> dg.Definitions:
-    return dg.Definitions(sensors=[upload_folder_sensor])
+    return dg.Definitions(sensors=[upload_folder_sensor, sftp_sensor])
