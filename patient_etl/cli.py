@@ -20,6 +20,7 @@ import dagster as dg
 from patient_etl.batches import FINAL_STATUSES, Home, SourceFile
 from patient_etl.entities import ENTITIES, entity_named
 from patient_etl.resources import PartnerSftp, PatientEtl, partner_sftp_from_env
+from patient_etl.staging.mappings import MappingError, load_mapping, resolve
 
 REPO_DATA = Path(__file__).resolve().parents[1] / "data"
 DEMO_HOME = "patient_etl_demo"
@@ -30,7 +31,7 @@ def expand(paths: list[str]) -> list[Path]:
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            files += sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in (".csv", ".txt"))
+            files += sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in (".csv", ".txt", ".zip"))
         elif path.is_file():
             files.append(path)
         else:
@@ -43,6 +44,10 @@ def expand(paths: list[str]) -> list[Path]:
 def import_batch(paths: list[str], etl: PatientEtl, dry_run: bool = False, mapping: str | None = None,
                  instance: dg.DagsterInstance | None = None) -> dict:
     """Register the files as one batch, run the whole flow on it in-process, return the outcome."""
+    if mapping:
+        mapping = str(resolve(mapping).absolute()) if Path(mapping).suffix in (".yaml", ".yml") \
+            else load_mapping(mapping).name  # refuses a bad template before anything is registered
+        load_mapping(mapping)
     files = expand(paths)
     sources = [SourceFile(p.name, str(p.absolute()), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
     now = dt.datetime.now(dt.UTC)
@@ -162,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         etl = PatientEtl(home=os.environ.get("PATIENT_ETL_HOME"), target_url=os.environ.get("PATIENT_ETL_TARGET_URL"))
         outcome = import_batch(args.paths, etl, dry_run=args.dry_run, mapping=args.mapping)
         return _print_outcome(outcome, args.json)
-    except (FileNotFoundError, KeyError) as exc:
+    except (FileNotFoundError, KeyError, MappingError) as exc:
         print(f"patient-etl: {exc}", file=sys.stderr)
         return 1
 

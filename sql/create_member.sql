@@ -17,6 +17,7 @@ CREATE TABLE IF NOT EXISTS member (
     created_batch_id TEXT,
     updated_batch_id TEXT,
     created_at TIMESTAMPTZ,
-    updated_at TIMESTAMPTZ
+    updated_at TIMESTAMPTZ,
+    FOREIGN KEY (family_id) REFERENCES family (family_id)
 );
 CREATE INDEX IF NOT EXISTS member_match_key ON member (match_key);

@@ -183,3 +183,68 @@ AMOUNT = Kind(
     normalize_sql="CAST({value} AS DECIMAL(14,2))",
     number_sql="TRY_CAST({value} AS DOUBLE)",
 )
+
+
+# NPI check digit: Luhn over the 10 digits plus 24, the digits of the card-issuer prefix 80840 that CMS
+# puts in front of every NPI. The remainder is the "number" GX asserts is 0; NULL unless 10 digits, so a
+# bad shape and a bad check digit each get their own message.
+_NPI_LUHN = (
+    "CASE WHEN regexp_full_match({value}, '[0-9]{{10}}') THEN (24 + list_sum(list_transform("
+    "string_split({value}, ''), lambda digit, i: CASE WHEN i % 2 = 1 "
+    "THEN (CAST(digit AS INTEGER) * 2) // 10 + (CAST(digit AS INTEGER) * 2) % 10 "
+    "ELSE CAST(digit AS INTEGER) END))) % 10 END"
+)
+
+NPI = Kind(
+    "npi",
+    "(CASE WHEN regexp_full_match({v}, '[0-9 -]+') THEN regexp_replace({v}, '[^0-9]', '', 'g') ELSE {v} END)",
+    "VARCHAR", "TEXT", "10 digits with a valid check digit (Luhn with the 80840 prefix); spaces and dashes dropped",
+    lambda _: [
+        Check("match_regex", "value", "must have 10 digits", args={"regex": r"^\d{10}$"}),
+        Check("between", "number", "is not a valid NPI (check digit)", args={"min_value": 0, "max_value": 0}),
+    ],
+    number_sql=_NPI_LUHN,
+)
+
+TAXONOMY = Kind(
+    "taxonomy", "upper({v})", "VARCHAR", "TEXT", "a 10-character NUCC taxonomy code ending in X (207Q00000X)",
+    lambda _: [Check("match_regex", "value", "must be a NUCC taxonomy code like 207Q00000X",
+                     args={"regex": r"^[0-9A-Z]{9}X$"})],
+)
+
+
+def code_list(name: str, item: str, normalize_item: str, message: str, describe: str) -> Kind:
+    """`;`-separated codes, each upper-cased and trimmed, empty items dropped, each matching `item`.
+
+    `normalize_item` is a DuckDB expression over `item` (one code) giving its canonical spelling.
+    """
+    items = "list_filter(list_transform(string_split(upper({v}), ';'), lambda item: trim(item)), lambda item: item <> '')"
+    value = f"array_to_string(list_transform({items}, lambda item: {normalize_item}), ';')"
+    regex = rf"^{item}(?:;{item})*$"
+    return Kind(name, value, "VARCHAR", "TEXT", describe,
+                lambda _: [Check("match_regex", "value", message, args={"regex": regex})])
+
+
+ICD10_CODE = r"[A-Z][0-9][0-9A-Z](?:\.[0-9A-Z]{1,4})?"
+ICD10_CODES = code_list(
+    "icd10_codes", ICD10_CODE,
+    r"regexp_replace(item, '^([A-Z][0-9][0-9A-Z])([0-9A-Z]{{1,4}})$', '\1.\2')",
+    "must be ICD-10-CM codes shaped like A00, E11.9 or S72.001A, separated by ;",
+    "ICD-10-CM codes separated by ; (E11.9;I10); any case; a missing dot is added (E119 -> E11.9)",
+)
+
+CPT_CODE = r"(?:[0-9]{4}[0-9A-Z]|[A-V][0-9]{4})(?:-[0-9A-Z]{2}){0,4}"
+CPT_CODES = code_list(
+    "cpt_codes", CPT_CODE, "item",
+    "must be CPT or HCPCS codes shaped like 99213, 0001U or G0438, each with optional -XX modifiers, "
+    "separated by ;",
+    "CPT (99213, 3074F) or HCPCS (G0438) codes separated by ;, each with up to four modifiers (99213-25)",
+)
+
+ADJUSTMENT_CODE = r"(?:CO|PR|OA|PI|CR)-[0-9A-Z]{1,3}"
+ADJUSTMENT_CODES = code_list(
+    "adjustment_codes", ADJUSTMENT_CODE,
+    r"regexp_replace(item, '^(CO|PR|OA|PI|CR)[ _-]*([0-9A-Z]{{1,3}})$', '\1-\2')",
+    "must be group-reason adjustment codes like CO-45 or PR-1 (groups CO, PR, OA, PI, CR), separated by ;",
+    "claim adjustment group and reason codes separated by ; (CO-45;PR-1); CO45 and co 45 are read as CO-45",
+)

@@ -3,7 +3,7 @@
 import datetime as dt
 
 from patient_etl.entities.kinds import DATE, EMAIL, PHONE, SEX, SSN, STATE, ZIP, code
-from patient_etl.entities.spec import Entity, Field, Group
+from patient_etl.entities.spec import Entity, Field, Group, Reference
 
 ADDRESS = Group(
     "address",
@@ -54,5 +54,6 @@ MEMBER = Entity(
         Field("relationship", RELATIONSHIP, aliases=("relationship to subscriber", "relation")),
     ),
     groups=(ADDRESS, EMAILS, PHONES),
+    references=(Reference("family_id", "family"),),
     match_on=("first_name", "last_name", "birth_date", "sex"),
 )

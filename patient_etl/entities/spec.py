@@ -55,6 +55,14 @@ class Reference:
 
 
 @dataclass(frozen=True)
+class NotBefore:
+    """A rule across two date fields of a row: `later` may not be before `earlier` (when both are set)."""
+
+    later: str
+    earlier: str
+
+
+@dataclass(frozen=True)
 class Column:
     """One staged column: a scalar field, or one member of one index of a group."""
 
@@ -73,6 +81,7 @@ class Entity:
     groups: tuple[Group, ...] = ()
     references: tuple[Reference, ...] = ()
     match_on: tuple[str, ...] = ()  # identity when the key is empty (see README, "Matching")
+    order_rules: tuple[NotBefore, ...] = ()
     describe: str = ""
 
     @property

@@ -13,6 +13,7 @@ from patient_etl.batches import Batch, Home
 from patient_etl.entities import ENTITIES
 from patient_etl.entities.spec import Entity
 from patient_etl.publish import results
+from patient_etl.publish.references import check_references
 from patient_etl.publish.target import Target, maybe_die_before_commit, utc_now
 
 STATUSES = ("Created", "Updated", "Unchanged", "Errored")
@@ -68,16 +69,21 @@ def publish_batch(home: Home, batch: Batch, target_url: str, dry_run: bool = Fal
     try:
         duck.execute(f"ATTACH '{folder / 'staged.duckdb'}' AS staged (READ_ONLY)")
         duck.execute(f"ATTACH '{folder / 'checks.duckdb'}' AS checks (READ_ONLY)")
-        present = [r[0] for r in duck.execute("SELECT DISTINCT entity FROM staged.batch_files").fetchall()]
+        present = staged_entities(folder)
         entities = publish_order([ENTITIES[name] for name in present])
         for entity in entities:
             duck.execute(f"ATTACH '{folder / (entity.name + '.duckdb')}' AS ent_{entity.name} (READ_ONLY)")
-            duck.execute(f"CREATE VIEW {entity.table} AS SELECT * FROM ent_{entity.name}.{entity.table}")
         now = utc_now()
         with target.engine.connect() as conn:
             transaction = conn.begin()
             target.serialize_publishes(conn)
             target.create_schema(conn, list(ENTITIES.values()))
+            check_references(conn, target, duck, entities)
+            for entity in entities:  # what is applied: the normalized rows whose references hold
+                duck.execute(f"""
+                    CREATE VIEW {entity.table} AS SELECT * FROM ent_{entity.name}.{entity.table}
+                    WHERE rid NOT IN (SELECT rid FROM ref_messages WHERE entity = '{entity.name}'
+                                      AND severity = 'error')""")
             for entity in entities:
                 target.apply_entity(conn, duck, entity, batch.batch_id, now, write=not dry_run)
             _build_row_log(duck, batch.batch_id, entities)
@@ -114,23 +120,27 @@ def _build_row_log(duck: duckdb.DuckDBPyConnection, batch_id: str, entities: lis
         selects.append(f"""
             SELECT '{batch_id}' AS batch_id, o.file_index, o.row_number, '{e.name}' AS entity,
                    coalesce(p.key, {raw_key}) AS external_id,
-                   CASE WHEN o.errored OR p.status = 'Conflict' THEN 'Errored' ELSE p.status END AS status,
+                   CASE WHEN o.errored OR p.status = 'Conflict' OR r.errors IS NOT NULL THEN 'Errored'
+                        ELSE p.status END AS status,
                    nullif(concat_ws('; ',
                        CASE WHEN p.status = 'Conflict' THEN 'error: {e.key}: the same record as row '
                             || first.row_number || ' of this batch' END,
-                       o.messages), '') AS messages,
+                       r.errors, o.messages, r.warnings), '') AS messages,
                    nullif(rtrim(p.changed_fields, ','), '') AS changed_fields
             FROM checks.row_outcome_{e.name} o
             LEFT JOIN outcome_{e.name} p USING (rid)
             LEFT JOIN checks.checked_{e.name} c USING (rid)
-            LEFT JOIN checks.row_outcome_{e.name} first ON first.rid = p.first_rid""")
+            LEFT JOIN checks.row_outcome_{e.name} first ON first.rid = p.first_rid
+            LEFT JOIN (SELECT rid, string_agg(message, '; ') FILTER (severity = 'error') AS errors,
+                              string_agg(message, '; ') FILTER (severity = 'warning') AS warnings
+                       FROM ref_messages WHERE entity = '{e.name}' GROUP BY rid) r USING (rid)""")
     duck.execute("CREATE OR REPLACE TABLE row_log AS " + " UNION ALL ".join(selects))
 
 
 def _write_errors_files(home: Home, duck: duckdb.DuckDBPyConnection, batch: Batch, dry_run: bool) -> list[str]:
     written = []
     files = duck.execute(
-        "SELECT f.file_index, f.name FROM staged.batch_files f WHERE EXISTS "
+        "SELECT f.file_index, f.name FROM staged.batch_files f WHERE f.entity <> 'source' AND EXISTS "
         "(SELECT 1 FROM row_log r WHERE r.file_index = f.file_index AND r.status = 'Errored') ORDER BY 1"
     ).fetchall()
     for file_index, name in files:
@@ -175,8 +185,7 @@ def _sql_literal(text: str) -> str:
 
 
 def staged_entities(folder: Path) -> list[str]:
-    con = duckdb.connect(str(folder / "staged.duckdb"), read_only=True)
-    try:
-        return [r[0] for r in con.execute("SELECT DISTINCT entity FROM batch_files ORDER BY 1").fetchall()]
-    finally:
-        con.close()
+    """The entities a batch holds: one `staged_<entity>` table each."""
+    with duckdb.connect(str(folder / "staged.duckdb"), read_only=True) as con:
+        tables = [r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()]
+    return sorted(t.removeprefix("staged_") for t in tables if t.startswith("staged_"))

@@ -10,6 +10,7 @@ from patient_etl.publish.batch import staged_entities
 from patient_etl.quality.row_checks import run_row_checks
 from patient_etl.resources import PatientEtl
 from patient_etl.staging.assets import staged_rows
+from patient_etl.staging.mappings import load_mapping
 
 
 @dg.asset(partitions_def=batches, group_name="validate", deps=[staged_rows])
@@ -23,8 +24,11 @@ def row_checks(context: dg.AssetExecutionContext, etl: PatientEtl) -> dg.Materia
     with phi_safe(home, context.partition_key, "row checks"), duckdb.connect(str(db)) as con:
         con.execute(f"ATTACH '{folder / 'staged.duckdb'}' AS staged (READ_ONLY)")
         con.execute("CREATE VIEW header_map AS SELECT * FROM staged.header_map")
+        batch = etl.registry().require(context.partition_key)
+        mapping = load_mapping(batch.mapping) if batch.mapping else None
         for name in staged_entities(folder):
-            summaries.append(run_row_checks(con, ENTITIES[name], f"staged.staged_{name}"))
+            relaxed = mapping.relaxed(name) if mapping else frozenset()
+            summaries.append(run_row_checks(con, ENTITIES[name], f"staged.staged_{name}", relaxed))
     top = []
     for s in summaries:
         top += [(count, f"{s.entity}: {rule}") for rule, count in s.failures_by_rule.items()]

@@ -29,6 +29,7 @@ _EXPECTATIONS = {
     "not_match_regex": gxe.ExpectColumnValuesToNotMatchRegex,
     "in_set": gxe.ExpectColumnValuesToBeInSet,
     "between": gxe.ExpectColumnValuesToBeBetween,
+    "not_before": gxe.ExpectColumnPairValuesAToBeGreaterThanB,
 }
 
 
@@ -45,6 +46,9 @@ class Rule:
     row_condition: str | None = None
 
     def expectation(self, index: int) -> gxe.Expectation:
+        if self.kind == "not_before":
+            return _EXPECTATIONS[self.kind](column_A=self.column, or_equal=True, ignore_row_if="either_value_is_missing",
+                                            meta={"rule": index}, **dict(self.args))
         extra = {"row_condition": self.row_condition, "condition_parser": "pandas"} if self.row_condition else {}
         return _EXPECTATIONS[self.kind](column=self.column, meta={"rule": index}, **dict(self.args), **extra)
 
@@ -53,24 +57,34 @@ def frame_column(column: Column, check: Check) -> str:
     return {"raw": column.name, "value": f"{column.name}__value", "number": f"{column.name}__number"}[check.column]
 
 
-def rules_for(entity: Entity, present: list[str]) -> list[Rule]:
-    """The suite for a file that has the staged columns `present`."""
+def rules_for(entity: Entity, present: list[str], relaxed: frozenset[str] = frozenset()) -> list[Rule]:
+    """The suite for a file that has the staged columns `present`.
+
+    `relaxed` (from a mapping template) names fields and groups whose errors become warnings.
+    """
     by_name = {c.name: c for c in entity.columns()}
     rules: list[Rule] = []
     for name in present:
         column = by_name[name]
+        lenient = column.field.name in relaxed or (column.group is not None and column.group.name in relaxed)
         if column.group is None and column.field.required:
             rules.append(Rule(name, "error", column.label, "is required", "not_null", ()))
         for check in column.field.checks():
             condition = f"{name}.notnull()" if check.only_if_present else None
-            rules.append(Rule(frame_column(column, check), check.severity, column.label, check.message,
+            severity = "warning" if lenient else check.severity
+            rules.append(Rule(frame_column(column, check), severity, column.label, check.message,
                               check.kind, tuple(check.args.items()), condition))
+    for rule in entity.order_rules:
+        if rule.later in present and rule.earlier in present:
+            rules.append(Rule(f"{rule.later}__value", "error", rule.later, f"is before {rule.earlier}", "not_before",
+                              (("column_B", f"{rule.earlier}__value"),)))
     for group, index in group_indexes(entity, present):
         members = [group.column(f.name, index) for f in group.fields]
         any_present = " | ".join(f"{m}.notnull()" for m in members)
         needs = ", ".join(group.complete)
+        severity = "warning" if group.name in relaxed else "error"
         for member in group.complete:
-            rules.append(Rule(group.column(member, index), "error", group.label(member, index),
+            rules.append(Rule(group.column(member, index), severity, group.label(member, index),
                               f"is missing; an {group.name} needs {needs}", "not_null", (), any_present))
     return rules
 
@@ -98,7 +112,8 @@ RESULT_FORMAT = {"result_format": "COMPLETE", "unexpected_index_column_names": [
 
 def columns_read(rule: Rule) -> tuple[str, ...]:
     conditions = re.findall(r"(\w+)\.notnull\(\)", rule.row_condition or "")
-    return tuple(sorted({rule.column, *conditions}))
+    pair = [value for name, value in rule.args if name == "column_B"]
+    return tuple(sorted({rule.column, *conditions, *pair}))
 
 
 def _failing_rids(result: dict) -> list[int]:

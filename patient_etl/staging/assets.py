@@ -10,6 +10,7 @@ from patient_etl.sources.assets import landed_batch
 from patient_etl.sources.delivery import deliver_or_warn
 from patient_etl.sources.landing import landed_paths
 from patient_etl.staging.load import FileRejected, stage_files
+from patient_etl.staging.mappings import MappingError, load_mapping
 
 
 @dg.asset(partitions_def=batches, group_name="stage", deps=[landed_batch])
@@ -21,20 +22,24 @@ def staged_rows(context: dg.AssetExecutionContext, etl: PatientEtl, sftp: Partne
     folder.mkdir(parents=True, exist_ok=True)
     try:
         with phi_safe(home, batch.batch_id, "staging"):
-            staged = stage_files(folder / "staged.duckdb", landed_paths(home, batch), etl.max_file_bytes)
-    except FileRejected as exc:
-        results_file = record_failure(home, batch, etl.target(), exc.reason)
-        batch = registry.set_status(batch, "Failed", reason=exc.reason, results_file=results_file, counts={})
+            mapping = load_mapping(batch.mapping) if batch.mapping else None
+            staged = stage_files(folder / "staged.duckdb", landed_paths(home, batch), etl.max_file_bytes,
+                                 mapping=mapping)
+    except (FileRejected, MappingError) as exc:
+        reason = getattr(exc, "reason", str(exc))
+        results_file = record_failure(home, batch, etl.target(), reason)
+        batch = registry.set_status(batch, "Failed", reason=reason, results_file=results_file, counts={})
         etl.notify(context.log, batch)
         if batch.source == "sftp":
             deliver_or_warn(context.log, registry, batch, sftp)
         raise dg.Failure(
-            description=f"Batch failed at file level ({exc.code}): {exc.reason}",
-            metadata={"failure": exc.code, "results_file": dg.MetadataValue.path(results_file)},
+            description=f"Batch failed at file level ({getattr(exc, 'code', 'mapping')}): {reason}",
+            metadata={"failure": getattr(exc, "code", "mapping"), "results_file": dg.MetadataValue.path(results_file)},
             allow_retries=False,
         ) from None
     registry.set_status(batch, "Staged")
     return dg.MaterializeResult(metadata={
+        "mapping": batch.mapping or "none",
         "rows": sum(s.rows for s in staged),
         "rows_with_wrong_width": sum(s.rejected_rows for s in staged),
         "files": dg.MetadataValue.md("\n".join(

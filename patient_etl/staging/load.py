@@ -9,17 +9,21 @@ from __future__ import annotations
 import codecs
 import csv
 import io
+import re
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
 
 from patient_etl.duck import scalar
-from patient_etl.entities import ENTITIES
+from patient_etl.entities import ENTITIES, FORMAT_ALIASES
 from patient_etl.entities.spec import Entity, map_header
 from patient_etl.errors import SafeError
+from patient_etl.staging.mappings import EntityMapping, Mapping, table_name
 
 DEFAULT_MAX_BYTES = 2 * 1024**3
+SOURCE = "source"  # batch_files.entity of a file a SQL template reads
 _CHUNK = 8 * 1024 * 1024
 _DELIMITERS = (",", ";", "\t", "|")
 _BINARY_MAGIC = {
@@ -91,6 +95,46 @@ def check_file(path: Path, name: str, max_bytes: int = DEFAULT_MAX_BYTES) -> Non
             raise FileRejected("encoding", f"{name} is not UTF-8 (it ends mid-character)") from None
 
 
+def expand_archives(files: list[tuple[str, Path]], folder: Path, max_bytes: int) -> list[tuple[str, Path]]:
+    """Zips become their CSV members (extracted under `folder`); other files pass through.
+
+    Member names are untrusted: only their base name is used, and the total size is bounded, so a
+    zip cannot write outside `folder` or fill the disk.
+    """
+    out: list[tuple[str, Path]] = []
+    for name, path in files:
+        if not name.lower().endswith(".zip"):
+            out.append((name, path))
+            continue
+        target = folder / "unzipped"
+        target.mkdir(parents=True, exist_ok=True)
+        try:
+            archive = zipfile.ZipFile(path)
+        except zipfile.BadZipFile:
+            raise FileRejected("not_csv", f"{name} is not a readable zip file") from None
+        with archive:
+            members = [m for m in archive.infolist() if not m.is_dir()
+                       and not Path(m.filename).name.startswith((".", "__MACOSX"))
+                       and "__MACOSX" not in m.filename and Path(m.filename).suffix.lower() in (".csv", ".txt")]
+            if not members:
+                raise FileRejected("empty", f"{name} holds no CSV file")
+            if sum(m.file_size for m in members) > max_bytes:
+                raise FileRejected("too_large", f"{name} unpacks to more than {max_bytes:,} bytes")
+            for index, member in enumerate(sorted(members, key=lambda m: m.filename)):
+                base = Path(member.filename).name
+                safe = re.sub(r"[^\w.-]+", "_", base)
+                dest = target / f"{index:03d}_{safe}"
+                with archive.open(member) as src, dest.open("wb") as handle:
+                    copied = 0
+                    while block := src.read(1 << 20):
+                        copied += len(block)
+                        if copied > max_bytes:
+                            raise FileRejected("too_large", f"{name} unpacks to more than {max_bytes:,} bytes")
+                        handle.write(block)
+                out.append((base, dest))
+    return out
+
+
 def read_header(path: Path, name: str) -> tuple[list[str], str]:
     with path.open("r", encoding="utf-8-sig", newline="") as handle:
         first = handle.readline(1024 * 1024)
@@ -101,12 +145,14 @@ def read_header(path: Path, name: str) -> tuple[list[str], str]:
     return [h.strip() for h in headers], delimiter
 
 
-def map_headers(entity: Entity, headers: list[str], name: str) -> HeaderMap:
+def map_headers(entity: Entity, headers: list[str], name: str, template: EntityMapping | None = None) -> HeaderMap:
+    """Each header to its staged column: the template's own map first, then the entity's aliases."""
     columns: list[str | None] = []
     seen: dict[str, str] = {}
     unknown: list[str] = []
     for header in headers:
-        column = map_header(entity, header) if header else None
+        column = ((template.column_for(header) if template else None) or map_header(entity, header)) if header \
+            else None
         if column is not None and column in seen:
             raise FileRejected(
                 "duplicate_field",
@@ -117,7 +163,8 @@ def map_headers(entity: Entity, headers: list[str], name: str) -> HeaderMap:
         else:
             seen[column] = header
         columns.append(column)
-    missing = [f for f in entity.required() if f not in seen]
+    constants = template.constants if template else {}
+    missing = [f for f in entity.required() if f not in seen and f not in constants]
     if missing:
         raise FileRejected("missing_columns", f"{name}: required columns missing: {', '.join(missing)}")
     return HeaderMap(headers, columns, unknown)
@@ -126,6 +173,9 @@ def map_headers(entity: Entity, headers: list[str], name: str) -> HeaderMap:
 def detect_entity(name: str, headers: list[str]) -> Entity:
     """Which entity a file holds: by its name first, then by which entity's headers it matches best."""
     stem = Path(name).stem.lower()
+    alias = FORMAT_ALIASES.get(re.split(r"[_\-\s]", stem)[0])
+    if alias:
+        return ENTITIES[alias]
     for entity in ENTITIES.values():
         if stem == entity.name or stem.startswith(entity.name + "_") or stem.startswith(entity.name + "s"):
             return entity
@@ -187,20 +237,28 @@ def _load_file(con: duckdb.DuckDBPyConnection, staged: StagedFile) -> None:
 
 
 def stage_files(db_path: Path, files: list[tuple[str, Path]], max_bytes: int = DEFAULT_MAX_BYTES,
-                entity: Entity | None = None) -> list[StagedFile]:
+                entity: Entity | None = None, mapping: Mapping | None = None) -> list[StagedFile]:
     """Load every file of a batch into `db_path`: one `staged_<entity>` table per entity present.
 
     `staged_<entity>` has `rid` (unique in the batch), `file_index`, `row_number`, one VARCHAR column
     per mapped field (NULL when empty), `extra` (unknown columns as JSON) and `width_error`.
+    With a SQL mapping template, the files are its sources and its SELECTs make the entities.
     """
     db_path.unlink(missing_ok=True)
+    files = expand_archives(files, db_path.parent, max_bytes)
+    sql_mode = mapping is not None and mapping.uses_sql
     staged: list[StagedFile] = []
     for i, (name, path) in enumerate(files):
         check_file(path, name, max_bytes)
         headers, delimiter = read_header(path, name)
-        file_entity = entity or detect_entity(name, headers)
-        staged.append(StagedFile(i, name, path, file_entity.name, map_headers(file_entity, headers, name),
-                                 delimiter))
+        if sql_mode:
+            staged.append(StagedFile(i, name, path, SOURCE, HeaderMap(headers, ["*"] * len(headers)), delimiter))
+            continue
+        named = mapping.entity_for_file(name) if mapping else None
+        file_entity = entity or (ENTITIES[named] if named else detect_entity(name, headers))
+        template = mapping.entities.get(file_entity.name) if mapping else None
+        staged.append(StagedFile(i, name, path, file_entity.name,
+                                 map_headers(file_entity, headers, name, template), delimiter))
     con = duckdb.connect(str(db_path))
     try:
         for item in staged:
@@ -209,22 +267,91 @@ def stage_files(db_path: Path, files: list[tuple[str, Path]], max_bytes: int = D
             except duckdb.Error as exc:  # its text may quote a line of the file: keep only the type
                 raise FileRejected("unreadable", f"{item.name} could not be read as CSV "
                                                  f"({type(exc).__name__})") from None
-        for entity_name in sorted({s.entity for s in staged}):
-            _union_entity(con, ENTITIES[entity_name], [s for s in staged if s.entity == entity_name])
+        if sql_mode:
+            _stage_with_sql(con, mapping, staged)
+        else:
+            for entity_name in sorted({s.entity for s in staged}):
+                template = mapping.entities.get(entity_name) if mapping else None
+                _union_entity(con, ENTITIES[entity_name], [s for s in staged if s.entity == entity_name], template)
         _record_files(con, staged)
     finally:
         con.close()
     return staged
 
 
-def _union_entity(con: duckdb.DuckDBPyConnection, entity: Entity, files: list[StagedFile]) -> None:
-    present = sorted({c for f in files for c in f.header.columns if c}, key=[c.name for c in entity.columns()].index)
+def _stage_with_sql(con: duckdb.DuckDBPyConnection, mapping: Mapping, staged: list[StagedFile]) -> None:
+    by_table = {}
+    for f in staged:
+        table = table_name(f.name)
+        by_table[table] = f
+        columns = ", ".join(f'c{j} AS "{h.replace(chr(34), chr(34) * 2)}"' for j, h in enumerate(f.header.headers))
+        con.execute(f"CREATE VIEW {table} AS SELECT row_number, {columns} FROM raw_{f.file_index}")
+    for name, template in mapping.entities.items():
+        if not template.sql:
+            continue
+        driving = by_table.get(template.file)
+        if driving is None:
+            raise FileRejected("missing_file", f"template {mapping.name} needs a file {template.file}.csv for {name}")
+        entity = ENTITIES[name]
+        try:
+            produced = [d[0] for d in con.execute(f"SELECT * FROM ({template.sql}) LIMIT 0").description]
+        except duckdb.Error as exc:
+            raise FileRejected("template_sql", f"template {mapping.name}: the SQL for {name} cannot run on these "
+                                               f"files ({type(exc).__name__})") from None
+        known = [c.name for c in entity.columns()]
+        present = [c for c in known if c in produced or c in template.constants]
+        cells = [f"nullif(trim(CAST(q.{c} AS VARCHAR)), '') AS {c}" if c in produced
+                 else f"{_literal(template.constants[c])} AS {c}" for c in present]
+        i, width = driving.file_index, len(driving.header.headers)
+        con.execute(f"""
+            CREATE TABLE staged_{name} AS
+            SELECT CAST({i} AS BIGINT) * 10000000000 + q.row_number AS rid, {i} AS file_index, q.row_number,
+                   {', '.join(cells)}, CAST(NULL AS JSON) AS extra, CAST(NULL AS VARCHAR) AS width_error
+            FROM ({template.sql}) q
+            UNION ALL
+            SELECT CAST({i} AS BIGINT) * 10000000000 + x.row_number, {i}, x.row_number,
+                   {', '.join('NULL' for _ in present)}, NULL, {_width_message(width)}
+            FROM rejected_{i} x
+            ORDER BY rid""")
+
+
+def _literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _width_message(width: int) -> str:
+    return (f"CASE x.error_type WHEN 'MISSING COLUMNS' THEN 'row has ' || x.found || ' values but the header has {width}' "
+            f"WHEN 'TOO MANY COLUMNS' THEN 'row has more values than the header''s {width} columns' "
+            f"ELSE 'row could not be parsed (' || lower(x.error_type) || '); check its quotes' END")
+
+
+def _cell(template: EntityMapping | None, column: str, raw: str) -> str:
+    """A staged cell: trimmed text, through the template's value map and date format for its field."""
+    cell = f"nullif(trim({raw}), '')"
+    if template is None:
+        return cell
+    if column in template.values:
+        whens = " ".join(f"WHEN {_literal(k.lower())} THEN {_literal(v)}" for k, v in template.values[column].items())
+        cell = f"(CASE lower({cell}) {whens} ELSE {cell} END)"
+    if column in template.date_formats:
+        cell = f"coalesce(strftime(try_strptime({cell}, {_literal(template.date_formats[column])}), '%Y-%m-%d'), {cell})"
+    if column in template.constants:
+        cell = f"coalesce({cell}, {_literal(template.constants[column])})"
+    return cell
+
+
+def _union_entity(con: duckdb.DuckDBPyConnection, entity: Entity, files: list[StagedFile],
+                  template: EntityMapping | None = None) -> None:
+    constants = set(template.constants) if template else set()
+    present = sorted({c for f in files for c in f.header.columns if c} | constants,
+                     key=[c.name for c in entity.columns()].index)
     selects = []
     for f in files:
         i, width = f.file_index, len(f.header.headers)
         by_column = {c: j for j, c in enumerate(f.header.columns) if c}
         cells = [
-            f"nullif(trim(c{by_column[c]}), '') AS {c}" if c in by_column else f"CAST(NULL AS VARCHAR) AS {c}"
+            f"{_cell(template, c, f'c{by_column[c]}')} AS {c}" if c in by_column
+            else f"{_literal(template.constants[c])} AS {c}" if c in constants else f"CAST(NULL AS VARCHAR) AS {c}"
             for c in present
         ]
         unknown = [(j, h) for j, (h, c) in enumerate(zip(f.header.headers, f.header.columns, strict=True))
@@ -240,9 +367,7 @@ def _union_entity(con: duckdb.DuckDBPyConnection, entity: Entity, files: list[St
             f"FROM raw_{i} r "
             f"UNION ALL SELECT CAST({i} AS BIGINT) * 10000000000 + x.row_number, {i}, x.row_number, "
             f"{', '.join('NULL' for _ in present) or 'NULL'}, NULL, "
-            f"CASE x.error_type WHEN 'MISSING COLUMNS' THEN 'row has ' || x.found || ' values but the header has {width}' "
-            f"WHEN 'TOO MANY COLUMNS' THEN 'row has more values than the header''s {width} columns' "
-            f"ELSE 'row could not be parsed (' || lower(x.error_type) || '); check its quotes' END "
+            f"{_width_message(width)} "
             f"FROM rejected_{i} x"
         )
     con.execute(f"CREATE TABLE staged_{entity.name} AS " + " UNION ALL ".join(selects) + " ORDER BY rid")

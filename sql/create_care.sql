@@ -1,0 +1,18 @@
+-- Generated from the entity spec by `python -m patient_etl.entities.ddl`, not by hand.
+CREATE TABLE IF NOT EXISTS care (
+    care_id TEXT PRIMARY KEY,
+    member_id TEXT,
+    provider_id TEXT,
+    start_date DATE,
+    end_date DATE,
+    care_type TEXT,
+    diagnosis_codes TEXT,
+    description TEXT,
+    extra TEXT,
+    created_batch_id TEXT,
+    updated_batch_id TEXT,
+    created_at TIMESTAMPTZ,
+    updated_at TIMESTAMPTZ,
+    FOREIGN KEY (member_id) REFERENCES member (member_id),
+    FOREIGN KEY (provider_id) REFERENCES provider (provider_id)
+);

@@ -1,0 +1,21 @@
+-- Generated from the entity spec by `python -m patient_etl.entities.ddl`, not by hand.
+CREATE TABLE IF NOT EXISTS claim (
+    claim_id TEXT PRIMARY KEY,
+    member_id TEXT,
+    provider_id TEXT,
+    service_date DATE,
+    billed_amount NUMERIC(14,2),
+    care_id TEXT,
+    payer_name TEXT,
+    procedure_codes TEXT,
+    diagnosis_codes TEXT,
+    status TEXT,
+    extra TEXT,
+    created_batch_id TEXT,
+    updated_batch_id TEXT,
+    created_at TIMESTAMPTZ,
+    updated_at TIMESTAMPTZ,
+    FOREIGN KEY (member_id) REFERENCES member (member_id),
+    FOREIGN KEY (provider_id) REFERENCES provider (provider_id),
+    FOREIGN KEY (care_id) REFERENCES care (care_id)
+);

@@ -1,0 +1,13 @@
+-- Generated from the entity spec by `python -m patient_etl.entities.ddl`, not by hand.
+CREATE TABLE IF NOT EXISTS family (
+    family_id TEXT PRIMARY KEY,
+    family_name TEXT,
+    phone TEXT,
+    email TEXT,
+    addresses TEXT,
+    extra TEXT,
+    created_batch_id TEXT,
+    updated_batch_id TEXT,
+    created_at TIMESTAMPTZ,
+    updated_at TIMESTAMPTZ
+);
