@@ -87,7 +87,12 @@ def test_reference_satisfied_by_an_earlier_batch(tmp_path, run_import, pg_etl):
                          "E9,K9,2025-08-01,70.00", "E10,K9,2025-08-02,10.00")
     rows = by_entity(run_import(payments, pg_etl))
     assert rows[("eop", "E9")]["status"] == "Created"
-    assert "more than its billed amount 75.50" in rows[("eop", "E10")]["messages"]
+    assert "add up to 80.00, more than its billed amount 75.50" in rows[("eop", "E10")]["messages"]
+    # A later batch's payment counts what earlier batches paid; reprocessing counts nothing twice.
+    later = write_csv(tmp_path / "eop.csv", "eop_id,claim_id,payment_date,paid_amount", "E11,K9,2025-08-03,1.00",
+                      "E9,K9,2025-08-01,70.00")
+    rows = by_entity(run_import(later, pg_etl))
+    assert "add up to 81.00, more than its billed amount 75.50" in rows[("eop", "E11")]["messages"]
 
 
 def test_stable_ids_and_changed_fields(tmp_path, run_import, pg_etl):

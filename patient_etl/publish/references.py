@@ -90,13 +90,25 @@ def _payments_over_billed(conn: sa.Connection, target: Target, duck: duckdb.Duck
     target_lookup(conn, target, duck, f"SELECT DISTINCT claim_id AS key FROM ent_eop.eop WHERE claim_id NOT IN "
                                       f"(SELECT claim_id FROM {claims})",
                   "claim", "claim_id", "target_claims", {"billed_amount": "DECIMAL(14,2)"})
+    # What earlier batches already paid on those claims (this batch's own payments not counted twice).
+    conn.exec_driver_sql("DROP TABLE IF EXISTS ref_batch_eops")
+    conn.exec_driver_sql("CREATE TEMPORARY TABLE ref_batch_eops (eop_id TEXT PRIMARY KEY)")
+    target.load(conn, duck, "SELECT DISTINCT eop_id FROM ent_eop.eop", "ref_batch_eops", ["eop_id"])
+    conn.exec_driver_sql("DROP TABLE IF EXISTS ref_lookup")
+    conn.exec_driver_sql("CREATE TEMPORARY TABLE ref_lookup (key TEXT PRIMARY KEY)")
+    target.load(conn, duck, "SELECT DISTINCT claim_id AS key FROM ent_eop.eop", "ref_lookup", ["key"])
+    target.fetch(conn, duck, """
+        SELECT e.claim_id, sum(e.paid_amount) FROM eop e JOIN ref_lookup l ON l.key = e.claim_id
+        WHERE NOT EXISTS (SELECT 1 FROM ref_batch_eops b WHERE b.eop_id = e.eop_id) GROUP BY e.claim_id""",
+                 "target_paid", {"claim_id": "VARCHAR", "paid": "DECIMAL(18,2)"})
     duck.execute(f"""
         INSERT INTO ref_messages
         SELECT 'eop', e.rid, 'warning',
                'warning: paid_amount: payments on claim ' || e.claim_id || ' add up to ' || t.paid
                || ', more than its billed amount ' || b.billed_amount
         FROM ent_eop.eop e
-        JOIN (SELECT claim_id, sum(paid_amount) AS paid FROM ent_eop.eop
+        JOIN (SELECT claim_id, sum(paid_amount) + coalesce(any_value(p.paid), 0) AS paid FROM ent_eop.eop
+              LEFT JOIN target_paid p USING (claim_id)
               WHERE rid NOT IN (SELECT rid FROM ref_messages WHERE entity = 'eop' AND severity = 'error')
               GROUP BY claim_id) t USING (claim_id)
         JOIN (SELECT * FROM {claims} UNION ALL SELECT key, billed_amount FROM target_claims) b USING (claim_id)
