@@ -11,6 +11,7 @@ import datetime as dt
 import json
 import os
 import time
+from collections.abc import Iterator
 
 import dagster as dg
 
@@ -19,6 +20,7 @@ from patient_etl.jobs import import_job
 from patient_etl.partitions import batches
 from patient_etl.resources import PartnerSftp, PatientEtl
 from patient_etl.sources.sftp import RemoteFile, SftpError
+from patient_etl.staging.mappings import available
 
 TEMPORARY_SUFFIXES = (".part", ".tmp", ".filepart", ".partial", ".crdownload", ".uploading")
 MAX_NEW_BATCHES_PER_TICK = 200
@@ -34,6 +36,20 @@ def upload_batch_id(name: str, size: int, mtime_ns: int) -> str:
     return partition_key("upload", name, f"{name}|{size}|{mtime_ns}", when)
 
 
+def inbox_files(inbox) -> Iterator[tuple[os.DirEntry, str | None]]:
+    """Files in the inbox, and in its sub-folders named after a saved mapping template (which then
+    applies to them): `inbox/synthea/export.zip` is imported with the `synthea` template."""
+    templates = set(available())
+    with os.scandir(inbox) as entries:
+        for entry in entries:
+            if entry.is_file(follow_symlinks=False) and is_candidate(entry.name):
+                yield entry, None
+            elif entry.is_dir(follow_symlinks=False) and entry.name in templates:
+                with os.scandir(entry.path) as inner:
+                    yield from ((e, entry.name) for e in inner
+                                if e.is_file(follow_symlinks=False) and is_candidate(e.name))
+
+
 @dg.sensor(job=import_job, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING)
 def upload_folder_sensor(context: dg.SensorEvaluationContext, etl: PatientEtl) -> dg.SensorResult | dg.SkipReason:
     home = etl.home_dir()
@@ -42,22 +58,21 @@ def upload_folder_sensor(context: dg.SensorEvaluationContext, etl: PatientEtl) -
     waiting: dict[str, list[int]] = {}
     new_batches = []
     now = time.time()
-    with os.scandir(home.inbox) as entries:
-        for entry in entries:
-            if not entry.is_file(follow_symlinks=False) or not is_candidate(entry.name):
-                continue
-            stat = entry.stat(follow_symlinks=False)
-            signature = [stat.st_size, stat.st_mtime_ns]
-            batch_id = upload_batch_id(entry.name, *signature)
-            if registry.path(batch_id).exists():
-                continue
-            settled = now - stat.st_mtime_ns / 1e9 >= etl.settle_seconds
-            if previous.get(entry.name) != signature or not settled or len(new_batches) >= MAX_NEW_BATCHES_PER_TICK:
-                waiting[entry.name] = signature
-                continue
-            source = SourceFile(entry.name, entry.path, stat.st_size, stat.st_mtime_ns)
-            received = dt.datetime.fromtimestamp(stat.st_mtime_ns / 1e9, dt.UTC)
-            new_batches.append(registry.register("upload", [source], "", now=received, batch_id=batch_id))
+    for entry, mapping in inbox_files(home.inbox):
+        stat = entry.stat(follow_symlinks=False)
+        signature = [stat.st_size, stat.st_mtime_ns]
+        label = f"{mapping}/{entry.name}" if mapping else entry.name
+        batch_id = upload_batch_id(label, *signature)
+        if registry.path(batch_id).exists():
+            continue
+        settled = now - stat.st_mtime_ns / 1e9 >= etl.settle_seconds
+        if previous.get(label) != signature or not settled or len(new_batches) >= MAX_NEW_BATCHES_PER_TICK:
+            waiting[label] = signature
+            continue
+        source = SourceFile(entry.name, entry.path, stat.st_size, stat.st_mtime_ns)
+        received = dt.datetime.fromtimestamp(stat.st_mtime_ns / 1e9, dt.UTC)
+        new_batches.append(registry.register("upload", [source], "", mapping=mapping, now=received,
+                                             batch_id=batch_id))
     cursor = json.dumps(waiting, sort_keys=True)
     if not new_batches:
         return dg.SensorResult(
