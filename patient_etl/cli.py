@@ -62,8 +62,9 @@ def run_batch(batch_id: str, etl: PatientEtl, dry_run: bool = False,
     """Run the whole flow on a registered batch in-process (a first run, or a reprocess)."""
     from patient_etl.definitions import build_defs
 
-    instance = instance or (dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME")
-                            else dg.DagsterInstance.ephemeral())
+    if instance is None:
+        with (dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()) as own:
+            return run_batch(batch_id, etl, dry_run, own, sftp)
     instance.add_dynamic_partitions("batches", [batch_id])
     defs = build_defs()
     result = dg.materialize(

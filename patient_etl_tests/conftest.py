@@ -23,6 +23,17 @@ def _admin() -> psycopg.Connection:
     return psycopg.connect(PG_ADMIN_URL, autocommit=True)
 
 
+@pytest.fixture(autouse=True)
+def _no_stale_dagster_state_storage():
+    """Dagster keeps the current instance's defs-state storage in a context variable; instances
+    closed out of order can leave a dead one behind for the next test. Start each test without one."""
+    from dagster._core.storage.defs_state.base import _current_storage
+
+    _current_storage.set(None)
+    yield
+    _current_storage.set(None)
+
+
 @pytest.fixture
 def pg_url() -> Iterator[str]:
     """A PostgreSQL database of this test's own, dropped afterwards."""

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import dagster as dg
 
-from patient_etl.batches import SourceFile, partition_key
+from patient_etl.batches import Batch, SourceFile, partition_key
 from patient_etl.jobs import import_job
 from patient_etl.partitions import batches
 from patient_etl.resources import PartnerSftp, PatientEtl
@@ -34,6 +34,23 @@ def upload_batch_id(name: str, size: int, mtime_ns: int) -> str:
     """Deterministic per file version, so a file seen again on a later tick is the same batch."""
     when = dt.datetime.fromtimestamp(mtime_ns / 1e9, dt.UTC)
     return partition_key("upload", name, f"{name}|{size}|{mtime_ns}", when)
+
+
+def new_batches_result(new_batches: list[Batch], waiting: dict[str, list[int]],
+                       process_on_arrival: bool) -> dg.SensorResult:
+    """The tick's outcome: the new batches' partitions and runs, or a skip saying what waits; the cursor
+    keeps the files seen once and not yet registered."""
+    cursor = json.dumps(waiting, sort_keys=True)
+    if not new_batches:
+        return dg.SensorResult(
+            skip_reason=dg.SkipReason(f"{len(waiting)} file(s) waiting to settle; no complete new file"),
+            cursor=cursor,
+        )
+    keys = [b.batch_id for b in new_batches]
+    runs = [dg.RunRequest(partition_key=k, run_key=k) for k in keys] if process_on_arrival else []
+    return dg.SensorResult(
+        dynamic_partitions_requests=[batches.build_add_request(keys)], run_requests=runs, cursor=cursor
+    )
 
 
 def inbox_files(inbox) -> Iterator[tuple[os.DirEntry, str | None]]:
@@ -73,17 +90,7 @@ def upload_folder_sensor(context: dg.SensorEvaluationContext, etl: PatientEtl) -
         received = dt.datetime.fromtimestamp(stat.st_mtime_ns / 1e9, dt.UTC)
         new_batches.append(registry.register("upload", [source], "", mapping=mapping, now=received,
                                              batch_id=batch_id))
-    cursor = json.dumps(waiting, sort_keys=True)
-    if not new_batches:
-        return dg.SensorResult(
-            skip_reason=dg.SkipReason(f"{len(waiting)} file(s) waiting to settle; no complete new file"),
-            cursor=cursor,
-        )
-    keys = [b.batch_id for b in new_batches]
-    runs = [dg.RunRequest(partition_key=k, run_key=k) for k in keys] if etl.process_on_arrival else []
-    return dg.SensorResult(
-        dynamic_partitions_requests=[batches.build_add_request(keys)], run_requests=runs, cursor=cursor
-    )
+    return new_batches_result(new_batches, waiting, etl.process_on_arrival)
 
 
 def sftp_batch_id(remote: RemoteFile) -> str:
@@ -120,17 +127,7 @@ def sftp_sensor(context: dg.SensorEvaluationContext, etl: PatientEtl, sftp: Part
         source = SourceFile(remote.name, remote.name, remote.size, remote.mtime * 10**9)
         received = dt.datetime.fromtimestamp(remote.mtime, dt.UTC)  # the partner's upload, not our tick
         new_batches.append(registry.register("sftp", [source], "", now=received, batch_id=batch_id))
-    cursor = json.dumps(waiting, sort_keys=True)
-    if not new_batches:
-        return dg.SensorResult(
-            skip_reason=dg.SkipReason(f"{len(waiting)} file(s) waiting to settle; no complete new file"),
-            cursor=cursor,
-        )
-    keys = [b.batch_id for b in new_batches]
-    runs = [dg.RunRequest(partition_key=k, run_key=k) for k in keys] if etl.process_on_arrival else []
-    return dg.SensorResult(
-        dynamic_partitions_requests=[batches.build_add_request(keys)], run_requests=runs, cursor=cursor
-    )
+    return new_batches_result(new_batches, waiting, etl.process_on_arrival)
 
 
 def defs() -> dg.Definitions:
