@@ -91,13 +91,13 @@ def run_row_checks(con: duckdb.DuckDBPyConnection, entity: Entity, staged_table:
     con.execute(
         f"""
         CREATE OR REPLACE TABLE row_outcome_{entity.name} AS
-        SELECT c.rid, c.file_index, c.row_number,
-               coalesce(bool_or(m.severity = 'error'), false) AS errored,
-               coalesce(bool_or(m.severity = 'warning'), false) AS warned,
-               string_agg(m.severity || ': ' || m.label || ': ' || m.message, '; '
-                          ORDER BY m.severity, m.rule, m.label) AS messages
-        FROM {checked} c LEFT JOIN row_messages m ON m.rid = c.rid AND m.entity = '{entity.name}'
-        GROUP BY ALL
+        SELECT c.rid, c.file_index, c.row_number, coalesce(m.errored, false) AS errored,
+               coalesce(m.warned, false) AS warned, m.messages
+        FROM {checked} c
+        LEFT JOIN (SELECT rid, bool_or(severity = 'error') AS errored, bool_or(severity = 'warning') AS warned,
+                          string_agg(severity || ': ' || label || ': ' || message, '; '
+                                     ORDER BY severity, rule, label) AS messages
+                   FROM row_messages WHERE entity = '{entity.name}' GROUP BY rid) m USING (rid)
         """
     )
     summary.errored_rows, summary.warned_rows = first_row(
