@@ -18,7 +18,7 @@ from patient_etl.definitions import build_defs
 from patient_etl.resources import PatientEtl
 from patient_etl.schedules import nightly_import_schedule_for
 from patient_etl.sources.sensors import upload_folder_sensor
-from patient_etl_tests.conftest import query, read_results
+from patient_etl_tests.conftest import DATA, query, read_results
 
 HEADER = "Patient ID,First Name,Last Name,DOB,Sex\n"
 
@@ -132,3 +132,21 @@ def test_nightly_schedule_runs_every_pending_batch_and_backfill_is_idempotent(in
     assert query(url, "SELECT count(*) FROM import_row WHERE batch_id = :b", b=b_key) == [(2,)]
     assert query(url, "SELECT count(*) FROM import_batch") == [(2,)]
     assert [r["status"] for r in read_results({"results_file": batch.results_file})] == ["Unchanged", "Errored"]
+
+
+def test_a_folder_closed_by_its_manifest_is_one_batch(instance, env_home, home):
+    folder = home / "inbox" / "export 2026-11"
+    folder.mkdir(parents=True)
+    for path in (DATA / "six").iterdir():
+        (folder / path.name).write_bytes(path.read_bytes())
+    first = tick(instance, env_home)
+    assert not tick(instance, env_home, first.cursor).run_requests, "no manifest yet: the folder is still open"
+    (folder / "_READY").write_text("")
+    settled = tick(instance, env_home, tick(instance, env_home).cursor)
+    (request,) = settled.run_requests
+    batch = Registry(env_home.home_dir()).require(request.partition_key)
+    assert sorted(f.name for f in batch.files) == sorted(p.name for p in (DATA / "six").iterdir())
+    assert run_partition(instance, request.partition_key).success
+    assert not folder.exists(), "the closed folder leaves the inbox with its files"
+    batch = Registry(env_home.home_dir()).require(request.partition_key)
+    assert batch.status == "Finished with Errors" and batch.counts["Created"] == 9

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from patient_etl.batches import Batch, Home, Registry
 from patient_etl.sources.sftp import SftpServer
+from patient_etl.staging.mappings import available
 
 _CHUNK = 1 << 20
 
@@ -77,6 +78,13 @@ def land_local(home: Home, registry: Registry, batch: Batch) -> list[dict]:
     if batch.source == "upload":
         for source in batch.files:
             Path(source.location).unlink(missing_ok=True)
+        folder = Path(batch.files[0].location).parent
+        template_folder = folder.parent == home.inbox and folder.name in available()
+        if folder != home.inbox and not template_folder:
+            for manifest in ("_READY", "manifest.json", "MANIFEST"):  # a closed folder goes with its files
+                (folder / manifest).unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                folder.rmdir()
     return landed
 
 

@@ -24,6 +24,7 @@ from patient_etl.staging.mappings import available
 
 TEMPORARY_SUFFIXES = (".part", ".tmp", ".filepart", ".partial", ".crdownload", ".uploading")
 MAX_NEW_BATCHES_PER_TICK = 200
+MANIFESTS = ("_READY", "manifest.json", "MANIFEST")
 
 
 def is_candidate(name: str) -> bool:
@@ -54,17 +55,37 @@ def new_batches_result(new_batches: list[Batch], waiting: dict[str, list[int]],
 
 
 def inbox_files(inbox) -> Iterator[tuple[os.DirEntry, str | None]]:
-    """Files in the inbox, and in its sub-folders named after a saved mapping template (which then
-    applies to them): `inbox/synthea/export.zip` is imported with the `synthea` template."""
+    """What the inbox offers: files; folders closed by a manifest (`_READY` or `manifest.json`), each
+    one batch, stamped by the manifest; and the same inside sub-folders named after a saved mapping
+    template, which then applies (`inbox/synthea/export.zip` is imported with `synthea`)."""
     templates = set(available())
-    with os.scandir(inbox) as entries:
-        for entry in entries:
-            if entry.is_file(follow_symlinks=False) and is_candidate(entry.name):
-                yield entry, None
-            elif entry.is_dir(follow_symlinks=False) and entry.name in templates:
-                with os.scandir(entry.path) as inner:
-                    yield from ((e, entry.name) for e in inner
-                                if e.is_file(follow_symlinks=False) and is_candidate(e.name))
+
+    def scan(folder: str, mapping: str | None) -> Iterator[tuple[os.DirEntry, str | None]]:
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if entry.is_file(follow_symlinks=False) and is_candidate(entry.name):
+                    yield entry, mapping
+                elif entry.is_dir(follow_symlinks=False) and is_candidate(entry.name):
+                    manifest = next((m for m in os.scandir(entry.path) if m.name in MANIFESTS), None)
+                    if manifest is not None:
+                        yield manifest_entry(entry, manifest), mapping
+                    elif mapping is None and entry.name in templates:
+                        yield from scan(entry.path, entry.name)
+
+    yield from scan(str(inbox), None)
+
+
+class manifest_entry:  # noqa: N801 (stands in for an os.DirEntry)
+    """A closed folder, seen as one entry whose signature is its manifest's."""
+
+    def __init__(self, folder: os.DirEntry, manifest: os.DirEntry):
+        self.name, self.path, self._manifest = folder.name, folder.path, manifest
+
+    def is_dir(self, follow_symlinks: bool = False) -> bool:
+        return True
+
+    def stat(self, follow_symlinks: bool = False) -> os.stat_result:
+        return self._manifest.stat(follow_symlinks=False)
 
 
 @dg.sensor(job=import_job, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING)
@@ -86,9 +107,16 @@ def upload_folder_sensor(context: dg.SensorEvaluationContext, etl: PatientEtl) -
         if previous.get(label) != signature or not settled or len(new_batches) >= MAX_NEW_BATCHES_PER_TICK:
             waiting[label] = signature
             continue
-        source = SourceFile(entry.name, entry.path, stat.st_size, stat.st_mtime_ns)
+        if entry.is_dir(follow_symlinks=False):  # a folder closed by its manifest: all its files, one batch
+            sources = [SourceFile(f.name, f.path, f.stat().st_size, f.stat().st_mtime_ns)
+                       for f in sorted(os.scandir(entry.path), key=lambda f: f.name)
+                       if f.is_file(follow_symlinks=False) and is_candidate(f.name) and f.name not in MANIFESTS]
+            if not sources:
+                continue
+        else:
+            sources = [SourceFile(entry.name, entry.path, stat.st_size, stat.st_mtime_ns)]
         received = dt.datetime.fromtimestamp(stat.st_mtime_ns / 1e9, dt.UTC)
-        new_batches.append(registry.register("upload", [source], "", mapping=mapping, now=received,
+        new_batches.append(registry.register("upload", sources, "", mapping=mapping, now=received,
                                              batch_id=batch_id))
     return new_batches_result(new_batches, waiting, etl.process_on_arrival)
 
