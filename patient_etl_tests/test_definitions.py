@@ -42,6 +42,13 @@ def test_asset_graph_reads_as_the_flow():
                for key in graph.get_all_asset_keys()}
     assert parents["staged_rows"] == {"landed_batch"} and parents["row_checks"] == {"staged_rows"}
     assert "row_checks" in parents["member"] and "member" in parents["published_batch"]
+    # The six entities, each after the entities it references.
+    assert {"family", "member", "provider", "care", "claim", "eop"} <= {k for k, g in groups.items() if g == "normalize"}
+    assert parents["member"] == {"row_checks", "family"}
+    assert parents["care"] == {"row_checks", "member", "provider"}
+    assert parents["claim"] == {"row_checks", "member", "provider", "care"}
+    assert parents["eop"] == {"row_checks", "claim"}
+    assert parents["delivered_results"] == {"published_batch"}
     assert all(isinstance(graph.get(k).partitions_def, dg.DynamicPartitionsDefinition)
                for k in graph.get_all_asset_keys())
     assert {s.name for s in defs.sensors} >= {"upload_folder_sensor"}

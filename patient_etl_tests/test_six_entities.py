@@ -61,6 +61,20 @@ def test_six_entity_folder_on_postgres(run_import, pg_etl):
     engine.dispose()
 
 
+def test_each_materialization_carries_its_counters(instance, run_import, etl):
+    outcome = run_import(SIX, etl)
+    metadata = {}
+    for record in instance.get_records_for_run(outcome["run_id"]).records:
+        event = record.event_log_entry.dagster_event
+        if event is not None and event.event_type_value == "ASSET_MATERIALIZATION":
+            materialization = event.event_specific_data.materialization
+            metadata[materialization.asset_key.to_user_string()] = materialization.metadata
+    assert metadata["care"]["rows"].value == 4 and metadata["care"]["errored_rows"].value == 1  # C4: dates
+    assert metadata["member"]["rows"].value == 4 and metadata["family"]["errored_rows"].value == 1
+    assert metadata["published_batch"]["created"].value == 9
+    assert "| care | 1 | 0 | 0 | 4 |" in metadata["published_batch"]["by_entity"].value
+
+
 def test_six_entity_zip(tmp_path, run_import, etl):
     archive = tmp_path / "upload.zip"
     with zipfile.ZipFile(archive, "w") as bundle:

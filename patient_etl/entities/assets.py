@@ -36,7 +36,8 @@ def entity_asset(entity: Entity) -> dg.AssetsDefinition:
             if not present:
                 return dg.MaterializeResult(metadata={"rows": 0, "in_batch": False})
             rows = normalize(con, entity, f"checks.checked_{entity.name}", f"checks.row_outcome_{entity.name}")
-        return dg.MaterializeResult(metadata={"rows": rows, "in_batch": True})
+            errored = scalar(con, f"SELECT count(*) FROM checks.row_outcome_{entity.name} WHERE errored")
+        return dg.MaterializeResult(metadata={"rows": rows, "errored_rows": errored, "in_batch": True})
 
     return _asset
 

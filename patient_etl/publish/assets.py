@@ -32,9 +32,18 @@ def published_batch(context: dg.AssetExecutionContext, config: PublishConfig, et
         "dry_run": config.dry_run,
         **{status.lower(): n for status, n in summary.counts.items()},
         "summary": dg.MetadataValue.md(f"**{summary.status}**{' (dry run)' if config.dry_run else ''}: {counts}"),
+        "by_entity": dg.MetadataValue.md(by_entity_table(summary.by_entity)),
         "results_file": dg.MetadataValue.path(summary.results_file),
         "target": safe_url(etl.target()),
     })
+
+
+def by_entity_table(by_entity: dict[str, dict[str, int]]) -> str:
+    statuses = ("Created", "Updated", "Unchanged", "Errored")
+    lines = ["| entity | " + " | ".join(statuses) + " |", "| --- |" + " --- |" * len(statuses)]
+    lines += [f"| {name} | " + " | ".join(str(counts.get(s, 0)) for s in statuses) + " |"
+              for name, counts in sorted(by_entity.items())]
+    return "\n".join(lines)
 
 
 def defs() -> dg.Definitions:
