@@ -200,6 +200,9 @@ class Target:
 
 def _sqlite_autocommit_driver(dbapi_connection, _record) -> None:
     dbapi_connection.isolation_level = None
+    # WAL: readers never wait for a publish; NORMAL sync is still crash-safe in WAL mode.
+    for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "temp_store=MEMORY", "cache_size=-262144"):
+        dbapi_connection.execute(f"PRAGMA {pragma}")
 
 
 def maybe_die_before_commit() -> None:
