@@ -57,11 +57,12 @@ class Mapping:
         return any(m.sql for m in self.entities.values())
 
     def entity_for_file(self, name: str) -> str | None:
+        """By the template's `files` patterns; a template of a single entity takes every file."""
         stem = Path(name).name.lower()
         for pattern, entity in self.files.items():
             if Path(stem).match(pattern.lower()):
                 return entity
-        return None
+        return next(iter(self.entities)) if len(self.entities) == 1 else None
 
     def relaxed(self, entity: str) -> frozenset[str]:
         mapping = self.entities.get(entity)
