@@ -150,3 +150,14 @@ def test_a_folder_closed_by_its_manifest_is_one_batch(instance, env_home, home):
     assert not folder.exists(), "the closed folder leaves the inbox with its files"
     batch = Registry(env_home.home_dir()).require(request.partition_key)
     assert batch.status == "Finished with Errors" and batch.counts["Created"] == 9
+
+
+def test_a_template_folder_applies_its_template(instance, env_home, home):
+    folder = home / "inbox" / "acme_ehr"
+    folder.mkdir(parents=True)
+    (folder / "acme_patients.csv").write_text("PatID,PatFirst,PatLast,DOB,SexCode\nA1,Ann,Lee,31.12.1980,2\n")
+    (request,) = tick(instance, env_home, tick(instance, env_home).cursor).run_requests
+    assert Registry(env_home.home_dir()).require(request.partition_key).mapping == "acme_ehr"
+    assert run_partition(instance, request.partition_key).success
+    assert query(env_home.target_url, "SELECT birth_date, sex FROM member") == [(dt.date(1980, 12, 31), "F")]
+    assert folder.exists() and not list(folder.iterdir()), "the template folder stays, its file leaves"
