@@ -44,10 +44,9 @@ def expand(paths: list[str]) -> list[Path]:
 def import_batch(paths: list[str], etl: PatientEtl, dry_run: bool = False, mapping: str | None = None,
                  instance: dg.DagsterInstance | None = None) -> dict:
     """Register the files as one batch, run the whole flow on it in-process, return the outcome."""
-    if mapping:
-        mapping = str(resolve(mapping).absolute()) if Path(mapping).suffix in (".yaml", ".yml") \
-            else load_mapping(mapping).name  # refuses a bad template before anything is registered
-        load_mapping(mapping)
+    if mapping:  # a bad template is refused before anything is registered; a path is kept absolute
+        template = load_mapping(mapping)
+        mapping = str(resolve(mapping).absolute()) if Path(mapping).suffix in (".yaml", ".yml") else template.name
     files = expand(paths)
     sources = [SourceFile(p.name, str(p.absolute()), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
     now = dt.datetime.now(dt.UTC)
