@@ -26,15 +26,15 @@ def staged_rows(context: dg.AssetExecutionContext, etl: PatientEtl, sftp: Partne
             staged = stage_files(folder / "staged.duckdb", landed_paths(home, batch), etl.max_file_bytes,
                                  mapping=mapping)
     except (FileRejected, MappingError) as exc:
-        reason = getattr(exc, "reason", str(exc))
+        reason = exc.reason
         results_file = record_failure(home, batch, etl.target(), reason)
         batch = registry.set_status(batch, "Failed", reason=reason, results_file=results_file, counts={})
         etl.notify(context.log, batch)
         if batch.source == "sftp":
             deliver_or_warn(context.log, registry, batch, sftp)
         raise dg.Failure(
-            description=f"Batch failed at file level ({getattr(exc, 'code', 'mapping')}): {reason}",
-            metadata={"failure": getattr(exc, "code", "mapping"), "results_file": dg.MetadataValue.path(results_file)},
+            description=f"Batch failed at file level ({exc.code}): {reason}",
+            metadata={"failure": exc.code, "results_file": dg.MetadataValue.path(results_file)},
             allow_retries=False,
         ) from None
     registry.set_status(batch, "Staged")

@@ -26,7 +26,13 @@ _KEYS = {"columns", "values", "date_formats", "constants", "sql", "file", "relax
 
 
 class MappingError(SafeError):
-    """A template that cannot be used, and why."""
+    """A template that cannot be used, and why. A batch whose template fails fails at file level."""
+
+    code = "mapping"
+
+    @property
+    def reason(self) -> str:
+        return str(self)
 
 
 @dataclass(frozen=True)
