@@ -298,6 +298,10 @@ def _stage_with_sql(con: duckdb.DuckDBPyConnection, mapping: Mapping, staged: li
         except duckdb.Error as exc:
             raise FileRejected("template_sql", f"template {mapping.name}: the SQL for {name} cannot run on these "
                                                f"files ({type(exc).__name__})") from None
+        missing = [f for f in ("row_number", *entity.required()) if f not in produced and f not in template.constants]
+        if missing:  # a SELECT * or a UNION could only be checked now
+            raise FileRejected("template_sql", f"template {mapping.name}: the SQL for {name} does not produce "
+                                               f"{', '.join(missing)}")
         known = [c.name for c in entity.columns()]
         present = [c for c in known if c in produced or c in template.constants]
         cells = [f"nullif(trim(CAST(q.{c} AS VARCHAR)), '') AS {c}" if c in produced

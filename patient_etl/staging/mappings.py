@@ -139,7 +139,8 @@ def _entity_mapping(template: str, name: str, spec: dict) -> EntityMapping:
     sql = spec.get("sql")
     if sql:
         produced = _select_aliases(where, sql)
-        missing = [f for f in ("row_number", *entity.required()) if f not in produced and f not in constants]
+        missing = [f for f in ("row_number", *entity.required())
+                   if produced is not None and f not in produced and f not in constants]
         if missing:
             raise MappingError(f"{where}: the SQL does not produce {', '.join(missing)}")
         if not spec.get("file"):
@@ -154,20 +155,29 @@ def _entity_mapping(template: str, name: str, spec: dict) -> EntityMapping:
                          sql, table_name(spec["file"]) if spec.get("file") else None, relax)
 
 
-def _select_aliases(where: str, sql: str) -> set[str]:
-    """The output names of a SELECT, from DuckDB's own parser (nothing is run)."""
+def _select_aliases(where: str, sql: str) -> set[str] | None:
+    """The output names of a SELECT, from DuckDB's own parser (nothing is run); None when they can only
+    be known by running it (`*`, a set operation): staging then checks what the SELECT produced."""
     con = duckdb.connect()
     try:
+        try:
+            statements = con.extract_statements(sql)
+        except duckdb.ParserException as exc:
+            raise MappingError(f"{where}: the SQL does not parse: {str(exc).splitlines()[0]}") from None
+        if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
+            raise MappingError(f"{where}: the SQL must be a single SELECT")
         tree = json.loads(con.execute("SELECT json_serialize_sql(?)", [sql]).fetchall()[0][0])
     finally:
         con.close()
     if tree.get("error"):
         raise MappingError(f"{where}: the SQL does not parse: {tree.get('error_message', 'syntax error')}")
-    statements = tree.get("statements") or []
-    if len(statements) != 1 or statements[0]["node"].get("type") != "SELECT_NODE":
-        raise MappingError(f"{where}: the SQL must be a single SELECT")
+    node = tree["statements"][0]["node"]
+    if node.get("type") != "SELECT_NODE":
+        return None
     names = set()
-    for item in statements[0]["node"].get("select_list", []):
+    for item in node.get("select_list", []):
+        if item.get("class") == "STAR":
+            return None
         if item.get("alias"):
             names.add(item["alias"])
         elif item.get("class") == "COLUMN_REF":
