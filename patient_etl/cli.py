@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import dagster as dg
+from dagster._core.storage.defs_state.base import set_defs_state_storage
 
 from patient_etl.batches import FINAL_STATUSES, Home, SourceFile
 from patient_etl.entities import ENTITIES, entity_named
@@ -66,15 +67,10 @@ def run_batch(batch_id: str, etl: PatientEtl, dry_run: bool = False,
             return run_batch(batch_id, etl, dry_run, own, sftp)
     instance.add_dynamic_partitions("batches", [batch_id])
     defs = build_defs()
-    result = dg.materialize(
-        [*defs.assets, *defs.asset_checks],
-        partition_key=batch_id,
-        instance=instance,
-        resources={"etl": etl, "sftp": sftp or partner_sftp_from_env()},
-        run_config={"ops": {"published_batch": {"config": {"dry_run": dry_run}}}},
-        raise_on_error=False,
-        tags={"source": "cli"},
-    )
+    # Definitions resolve their state against the current instance's storage; in a process that has
+    # opened other instances before (tests, notebooks) that may be a closed one: name ours.
+    with set_defs_state_storage(instance.defs_state_storage):
+        result = _materialize(defs, batch_id, etl, dry_run, instance, sftp)
     batch = etl.registry().require(batch_id)
     status = batch.status if batch.status in FINAL_STATUSES else "Error"
     if not result.success and status != "Failed":
@@ -88,6 +84,19 @@ def run_batch(batch_id: str, etl: PatientEtl, dry_run: bool = False,
         "dry_run": dry_run,
         "run_id": result.run_id,
     }
+
+
+def _materialize(defs: dg.Definitions, batch_id: str, etl: PatientEtl, dry_run: bool,
+                 instance: dg.DagsterInstance, sftp: PartnerSftp | None) -> dg.ExecuteInProcessResult:
+    return dg.materialize(
+        [*defs.assets, *defs.asset_checks],
+        partition_key=batch_id,
+        instance=instance,
+        resources={"etl": etl, "sftp": sftp or partner_sftp_from_env()},
+        run_config={"ops": {"published_batch": {"config": {"dry_run": dry_run}}}},
+        raise_on_error=False,
+        tags={"source": "cli"},
+    )
 
 
 def _print_outcome(outcome: dict, as_json: bool) -> int:
