@@ -3,7 +3,7 @@
 import datetime as dt
 
 from patient_etl.entities.kinds import DATE, ICD10_CODES
-from patient_etl.entities.spec import Entity, Field, NotBefore, Reference
+from patient_etl.entities.spec import Entity, Field, NotBefore, Reference, reference
 
 CARE = Entity(
     "care",
@@ -12,10 +12,8 @@ CARE = Entity(
     fields=(
         Field("care_id", aliases=("care id", "careId", "encounter id", "encounter", "visit id", "id"),
               describe="your stable ID for the episode of care; claims reference it"),
-        Field("member_id", required=True, aliases=("member id", "memberId", "patient id", "patientId", "patient",
-                                                   "mrn")),
-        Field("provider_id", required=True, aliases=("provider id", "providerId", "provider",
-                                                     "rendering provider id")),
+        reference("member_id"),
+        reference("provider_id"),
         Field("start_date", DATE, required=True,
               aliases=("start date", "start", "admit date", "admission date", "visit date", "encounter date",
                        "from date"),

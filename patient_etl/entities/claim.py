@@ -3,7 +3,7 @@
 import datetime as dt
 
 from patient_etl.entities.kinds import AMOUNT, CPT_CODES, DATE, ICD10_CODES, code
-from patient_etl.entities.spec import Entity, Field, Reference
+from patient_etl.entities.spec import Entity, Field, Reference, reference
 
 CLAIM_STATUS = code(
     {s: s for s in ("billed", "pending", "paid", "denied", "adjusted", "closed", "void")} | {"voided": "void"},
@@ -17,10 +17,8 @@ CLAIM = Entity(
     fields=(
         Field("claim_id", aliases=("claim id", "claimId", "claim number", "claim no", "claim #", "id"),
               describe="your stable ID for the claim; EOPs reference it"),
-        Field("member_id", required=True, aliases=("member id", "memberId", "patient id", "patientId", "patient",
-                                                   "mrn")),
-        Field("provider_id", required=True, aliases=("provider id", "providerId", "provider",
-                                                     "billing provider id", "rendering provider id")),
+        reference("member_id"),
+        reference("provider_id", "billing provider id"),
         Field("service_date", DATE, required=True,
               aliases=("service date", "date of service", "dos", "from date", "service from date"),
               options={"min_date": dt.date(1900, 1, 1), "max_date": "today"}),

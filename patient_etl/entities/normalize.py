@@ -78,13 +78,11 @@ def normalize(con: duckdb.DuckDBPyConnection, entity: Entity, checked: str, outc
     selects.append("CAST(c.extra AS VARCHAR) AS extra")
     con.execute(f"""
         CREATE OR REPLACE TABLE {entity.table} AS
-        SELECT c.rid, c.file_index, c.row_number, {', '.join(selects)}
-        FROM {checked} c JOIN {outcome} o USING (rid)
-        WHERE NOT o.errored
+        SELECT *{f", {match_key_sql(entity)} AS match_key" if entity.match_on else ""}
+        FROM (SELECT c.rid, c.file_index, c.row_number, {', '.join(selects)}
+              FROM {checked} c JOIN {outcome} o USING (rid)
+              WHERE NOT o.errored)
     """)
-    if entity.match_on:
-        con.execute(f"ALTER TABLE {entity.table} ADD COLUMN match_key VARCHAR")
-        con.execute(f"UPDATE {entity.table} SET match_key = {match_key_sql(entity)}")
     return scalar(con, f"SELECT count(*) FROM {entity.table}")
 
 

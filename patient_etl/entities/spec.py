@@ -12,6 +12,11 @@ from dataclasses import dataclass, field
 from patient_etl.entities.kinds import TEXT, Check, Kind
 
 MAX_GROUP_INDEX = 10
+# Header spellings of a reference to another entity's key, shared by every entity that refers to it.
+REFERENCE_ALIASES = {
+    "member_id": ("member id", "memberId", "patient id", "patientId", "patient", "mrn"),
+    "provider_id": ("provider id", "providerId", "provider", "rendering provider id"),
+}
 
 
 def header_key(header: str) -> str:
@@ -30,6 +35,11 @@ class Field:
 
     def checks(self) -> list[Check]:
         return self.kind.checks(self.options)
+
+
+def reference(key: str, *more: str) -> Field:
+    """A required reference to another entity's key, with that reference's shared header spellings."""
+    return Field(key, required=True, aliases=(*REFERENCE_ALIASES[key], *more))
 
 
 @dataclass(frozen=True)
