@@ -322,6 +322,12 @@ def run_import(path: Path, home: Path, target_url: str | None, log: Path, profil
         exe = shutil.which("patient-etl") or str(Path(sys.executable).with_name("patient-etl"))
         command = [exe]
     command += ["import", str(path), "--json"]
+    return measured(command, env, log)
+
+
+def measured(command: list[str], env: dict, log: Path) -> tuple:
+    """Run `command` (under GNU time when present) with its process tree's RSS sampled; stderr goes to
+    `log`. Returns wall s, exit code, the last JSON line of stdout, max RSS MB, tree peak MB, stderr."""
     timed = os.path.exists(GNU_TIME)
     if timed:
         command = [GNU_TIME, "-v", *command]
@@ -339,11 +345,7 @@ def run_import(path: Path, home: Path, target_url: str | None, log: Path, profil
     else:
         import resource
         maxrss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # largest child so far
-    outcome = None
-    for line in reversed(stdout.splitlines()):
-        if line.startswith("{"):
-            outcome = json.loads(line)
-            break
+    outcome = next((json.loads(line) for line in reversed(stdout.splitlines()) if line.startswith("{")), None)
     return wall, proc.returncode, outcome, maxrss, sampler.peak_kb / 1024, stderr
 
 
@@ -380,9 +382,16 @@ def check_counts(run: Run, meta: dict, reimport: bool) -> list[str]:
 # -- the import job as the Dagster UI, sensors and schedules launch it ---------------------------------
 
 def resolved_job():
-    from patient_etl.definitions import defs
+    """`import_job`'s assets under Dagster's default executor, so run config can choose in-process or
+    multiprocess for the comparison (`import_job` itself is fixed to in-process)."""
+    import dagster as dg
 
-    return defs.resolve_job_def("import_job")
+    from patient_etl.definitions import build_defs
+    from patient_etl.jobs import import_job
+    from patient_etl.partitions import batches
+
+    job = dg.define_asset_job("import_job_any_executor", selection=import_job.selection, partitions_def=batches)
+    return dg.Definitions.merge(build_defs(), dg.Definitions(jobs=[job])).resolve_job_def(job.name)
 
 
 def job_child(path: Path, executor: str) -> int:
@@ -418,25 +427,14 @@ def one_job_run(path: Path, rows: int, executor: str, logs: Path) -> Run:
     env = {k: v for k, v in os.environ.items() if k not in ("PATIENT_ETL_TARGET_URL",)}
     env |= {"PATIENT_ETL_HOME": str(home), "DAGSTER_HOME": str(dagster_home)}
     command = [sys.executable, str(Path(__file__).resolve()), "--job-child", str(path), "--executor", executor]
-    if os.path.exists(GNU_TIME):
-        command = [GNU_TIME, "-v", *command]
     log = logs / f"job_{rows}_{executor}.log"
     try:
-        started = time.perf_counter()
-        with log.open("w") as err:
-            proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=err, text=True)
-            with TreeRss(proc.pid) as sampler:
-                stdout, _ = proc.communicate()
-        wall = time.perf_counter() - started
+        wall, rc, outcome, maxrss, tree, _ = measured(command, env, log)
     finally:
         shutil.rmtree(home, ignore_errors=True)
         shutil.rmtree(dagster_home, ignore_errors=True)
-    stderr = log.read_text(errors="replace")
-    m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", stderr)
-    outcome = next((json.loads(line) for line in reversed(stdout.splitlines()) if line.startswith("{")), None)
     steps = (outcome or {}).pop("steps", {})
-    run = Run(rows, "sqlite", f"job {executor}", wall, proc.returncode, outcome,
-              int(m.group(1)) / 1024 if m else None, sampler.peak_kb / 1024, steps, sum(steps.values()), str(log))
+    run = Run(rows, "sqlite", f"job {executor}", wall, rc, outcome, maxrss, tree, steps, sum(steps.values()), str(log))
     print(f"  job      {rows:>9,} {executor:12} rc={run.rc} wall={wall:6.1f}s peak={run.peak_mb:6.0f} MB "
           f"(largest process {run.maxrss_mb or 0:.0f} MB) counts={(outcome or {}).get('counts')}", flush=True)
     return run
