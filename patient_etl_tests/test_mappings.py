@@ -118,7 +118,7 @@ def test_saved_templates_load():
 
 def test_sql_template_needs_its_files(tmp_path, run_import, etl):
     """A SQL template whose driving file is not in the batch fails the batch at file level, naming it."""
-    synthea = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "synthea"
+    synthea = Path(__file__).parent / "data" / "synthea"
     shutil.copy(synthea / "patients.csv", tmp_path / "patients.csv")
     outcome = run_import(tmp_path / "patients.csv", etl, mapping="synthea")
     assert outcome["status"] == "Failed" and "needs a file providers.csv" in outcome["reason"]

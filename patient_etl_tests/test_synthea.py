@@ -15,7 +15,7 @@ from pathlib import Path
 
 from patient_etl_tests.conftest import query, read_results
 
-SYNTHEA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "synthea"
+SYNTHEA = Path(__file__).parent / "data" / "synthea"
 FILES = ("patients", "providers", "organizations", "encounters", "claims", "claims_transactions")
 EXPECTED = {"member": 27, "provider": 166, "care": 604, "claim": 1267, "eop": 1843}
 DANGLING = {
