@@ -1,34 +1,30 @@
 """Validate: each row checked by its entity's Great Expectations suite and the cross-row SQL rules."""
 
 import dagster as dg
-import duckdb
 
 from patient_etl.entities import ENTITIES
 from patient_etl.errors import phi_safe
 from patient_etl.partitions import batches
-from patient_etl.publish.batch import staged_entities
-from patient_etl.quality.row_checks import run_row_checks
 from patient_etl.resources import PatientEtl
 from patient_etl.staging.assets import staged_rows
 from patient_etl.staging.mappings import load_mapping
+from patient_etl.workspace import CHECKS, STAGED
 
 
 @dg.asset(partitions_def=batches, group_name="validate", deps=[staged_rows])
 def row_checks(context: dg.AssetExecutionContext, etl: PatientEtl) -> dg.MaterializeResult:
     """Per-row outcomes of the checks: errors and warnings, by row number (never the values)."""
-    home = etl.home_dir()
-    folder = home.batch_staging(context.partition_key)
-    db = folder / "checks.duckdb"
-    db.unlink(missing_ok=True)
+    # Great Expectations (with pandas and scipy) costs ~2.7 s to import: only the step that checks pays it.
+    from patient_etl.quality.row_checks import run_row_checks
+
+    workspace = etl.workspace(context.partition_key)
     summaries = []
-    with phi_safe(home, context.partition_key, "row checks"), duckdb.connect(str(db)) as con:
-        con.execute(f"ATTACH '{folder / 'staged.duckdb'}' AS staged (READ_ONLY)")
-        con.execute("CREATE VIEW header_map AS SELECT * FROM staged.header_map")
+    with phi_safe(etl.home_dir(), context.partition_key, "row checks"), workspace.open(CHECKS, reads=[STAGED]) as db:
         batch = etl.registry().require(context.partition_key)
         mapping = load_mapping(batch.mapping) if batch.mapping else None
-        for name in staged_entities(folder):
+        for name in workspace.staged_entities():
             relaxed = mapping.relaxed(name) if mapping else frozenset()
-            summaries.append(run_row_checks(con, ENTITIES[name], f"staged.staged_{name}", relaxed))
+            summaries.append(run_row_checks(db, ENTITIES[name], relaxed))
     top = []
     for s in summaries:
         top += [(count, f"{s.entity}: {rule}") for rule, count in s.failures_by_rule.items()]
