@@ -3,8 +3,8 @@
 import dagster as dg
 
 from patient_etl import schedules
-from patient_etl.entities import assets as entity_assets
 from patient_etl.jobs import import_job
+from patient_etl.normalize import assets as normalize_assets
 from patient_etl.publish import assets as publish_assets
 from patient_etl.quality import assets as quality_assets
 from patient_etl.resources import partner_sftp_from_env, patient_etl_from_env
@@ -18,7 +18,7 @@ def build_defs() -> dg.Definitions:
         source_assets.defs(),
         staging_assets.defs(),
         quality_assets.defs(),
-        entity_assets.defs(),
+        normalize_assets.defs(),
         publish_assets.defs(),
         delivery.defs(),
         sensors.defs(),

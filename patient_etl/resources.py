@@ -9,7 +9,9 @@ import dagster as dg
 
 from patient_etl.batches import Home, Registry
 from patient_etl.sources.sftp import SftpServer, sftp_server_from_env
-from patient_etl.staging.load import DEFAULT_MAX_BYTES
+from patient_etl.workspace import Workspace
+
+DEFAULT_MAX_BYTES = 2 * 1024**3
 
 
 class PatientEtl(dg.ConfigurableResource):
@@ -34,6 +36,9 @@ class PatientEtl(dg.ConfigurableResource):
 
     def registry(self) -> Registry:
         return Registry(self.home_dir())
+
+    def workspace(self, batch_id: str) -> Workspace:
+        return Workspace(self.home_dir(), batch_id)
 
     def target(self) -> str:
         return self.target_url or self.home_dir().embedded_target_url

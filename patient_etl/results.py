@@ -1,19 +1,67 @@
-"""Result files for partners: the results CSV per batch and, per source file, the errored rows to fix.
+"""Result logs: the results CSV per batch, per source file the errored rows to fix, and the batch's
+row in the target's batch log. Shared by publish and by the failure path (a batch that fails at any
+stage still gets its results file).
 
 Names are dated and never reused: a file is written under a temporary name and hard-linked into
 place, which fails rather than overwrite. Cells a spreadsheet would run as a formula get a leading
-apostrophe; SSNs are echoed masked to their last four.
+apostrophe; a field whose kind masks it (SSN) is echoed masked.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import os
 import re
 from pathlib import Path
 
 import duckdb
 
+from patient_etl.batches import Batch
+from patient_etl.entities import ENTITIES
+
 RESULT_COLUMNS = ("row_number", "entity", "external_id", "status", "messages")
+STATUSES = ("Created", "Updated", "Unchanged", "Errored")
+
+
+def utc_now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def results_base(batch: Batch, dry_run: bool = False) -> str:
+    """`YYYY-MM-DD_<file>[_dry-run]_results`: dated by receipt, named after the partner's file."""
+    label = "_dry-run" if dry_run else ""
+    return f"{batch.received_on.isoformat()}_{safe_stem(batch.display_name)}{label}_results"
+
+
+def batch_row(batch: Batch, status: str, counts: dict[str, int], results_file: str | None,
+              reason: str | None = None) -> dict:
+    """The batch's row in the target's `import_batch` log."""
+    return {
+        "batch_id": batch.batch_id, "source": batch.source, "file_names": json.dumps([f.name for f in batch.files]),
+        "sha256": json.dumps({f["name"]: f["sha256"] for f in batch.landed}) if batch.landed else None,
+        "status": status, "reason": reason, "rows_total": sum(counts.values()),
+        "created": counts.get("Created", 0), "updated": counts.get("Updated", 0),
+        "unchanged": counts.get("Unchanged", 0), "errored": counts.get("Errored", 0),
+        "results_file": results_file, "registered_at": batch.registered_at, "finished_at": utc_now(),
+    }
+
+
+def sql_literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def write_failed(folder: Path, batch: Batch, reason: str) -> Path:
+    """A failed batch's results file: one line carrying the reason."""
+    tmp, final = claim_name(folder, results_base(batch))
+    duck = duckdb.connect()
+    try:
+        message = neutralize(sql_literal("error: file: " + reason))
+        write_csv(duck, f"SELECT NULL::BIGINT AS row_number, NULL AS entity, NULL AS external_id, "
+                        f"'Failed' AS status, {message} AS messages", tmp)
+    finally:
+        duck.close()
+    return link_into_place(tmp, final)
 
 
 def neutralize(expr: str) -> str:
@@ -61,12 +109,14 @@ def results_query(row_log: str, files: str) -> str:
     """
 
 
-def errors_query(raw: str, headers: list[tuple[int, str, str | None]], row_log: str, file_index: int) -> str:
+def errors_query(raw: str, entity: str, headers: list[tuple[int, str, str | None]], row_log: str,
+                 file_index: int) -> str:
     """The errored rows of one file, in its own columns plus `errors`, ready to fix and re-upload."""
+    kinds = {c.name: c.field.kind for c in ENTITIES[entity].columns()} if entity in ENTITIES else {}
     cells = []
     for position, header, column in headers:
-        value = f"'***-**-' || right(regexp_replace(c{position}, '[^0-9]', '', 'g'), 4)" \
-            if column == "ssn" else f"c{position}"
+        kind = kinds.get(column)
+        value = kind.echo_sql.format(v=f"c{position}") if kind is not None and kind.echo_sql else f"c{position}"
         quoted = '"' + header.replace('"', '""') + '"'
         cells.append(f"{neutralize(value)} AS {quoted}")
     return f"""

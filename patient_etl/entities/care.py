@@ -3,7 +3,9 @@
 import datetime as dt
 
 from patient_etl.entities.kinds import DATE, ICD10_CODES
-from patient_etl.entities.spec import Entity, Field, NotBefore, Reference, reference
+from patient_etl.entities.member import MEMBER
+from patient_etl.entities.provider import PROVIDER
+from patient_etl.entities.spec import Entity, Field, NotBefore, refers_to
 
 CARE = Entity(
     "care",
@@ -12,8 +14,8 @@ CARE = Entity(
     fields=(
         Field("care_id", aliases=("care id", "careId", "encounter id", "encounter", "visit id", "id"),
               describe="your stable ID for the episode of care; claims reference it"),
-        reference("member_id"),
-        reference("provider_id"),
+        refers_to(MEMBER),
+        refers_to(PROVIDER),
         Field("start_date", DATE, required=True,
               aliases=("start date", "start", "admit date", "admission date", "visit date", "encounter date",
                        "from date"),
@@ -28,6 +30,6 @@ CARE = Entity(
                                                        "diagnosis", "icd10", "icd-10 codes", "dx", "dx codes")),
         Field("description", aliases=("reason", "reason for visit", "encounter description")),
     ),
-    references=(Reference("member_id", "member"), Reference("provider_id", "provider")),
     order_rules=(NotBefore("end_date", "start_date"),),
+    referred_as=("care id", "careId", "encounter id", "encounter", "visit id"),
 )

@@ -2,8 +2,11 @@
 
 import datetime as dt
 
+from patient_etl.entities.care import CARE
 from patient_etl.entities.kinds import AMOUNT, CPT_CODES, DATE, ICD10_CODES, code
-from patient_etl.entities.spec import Entity, Field, Reference, reference
+from patient_etl.entities.member import MEMBER
+from patient_etl.entities.provider import PROVIDER
+from patient_etl.entities.spec import Entity, Field, refers_to
 
 CLAIM_STATUS = code(
     {s: s for s in ("billed", "pending", "paid", "denied", "adjusted", "closed", "void")} | {"voided": "void"},
@@ -17,8 +20,8 @@ CLAIM = Entity(
     fields=(
         Field("claim_id", aliases=("claim id", "claimId", "claim number", "claim no", "claim #", "id"),
               describe="your stable ID for the claim; EOPs reference it"),
-        reference("member_id"),
-        reference("provider_id", "billing provider id"),
+        refers_to(MEMBER),
+        refers_to(PROVIDER, "billing provider id"),
         Field("service_date", DATE, required=True,
               aliases=("service date", "date of service", "dos", "from date", "service from date"),
               options={"min_date": dt.date(1900, 1, 1), "max_date": "today"}),
@@ -26,7 +29,7 @@ CLAIM = Entity(
               aliases=("billed", "billed amount", "amount billed", "total charge", "total charges", "charges",
                        "charge amount"),
               options={"min_amount": 0}, describe="0 or more; $ and thousands separators are dropped"),
-        Field("care_id", aliases=("care id", "careId", "encounter id", "encounter", "visit id")),
+        refers_to(CARE, required=False),
         Field("payer_name", aliases=("payer name", "payer", "insurance", "insurer", "plan name", "payer id")),
         Field("procedure_codes", CPT_CODES, aliases=("procedure codes", "procedure code", "procedures", "cpt",
                                                      "cpt codes", "hcpcs", "cpt/hcpcs")),
@@ -35,6 +38,5 @@ CLAIM = Entity(
         Field("status", CLAIM_STATUS, aliases=("claim status",),
               describe="the claim's status; map other vocabularies with a mapping template's value map"),
     ),
-    references=(Reference("member_id", "member"), Reference("provider_id", "provider"),
-                Reference("care_id", "care")),
+    referred_as=("claim id", "claimId", "claim number", "claim no", "claim #"),
 )

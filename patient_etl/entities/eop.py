@@ -2,8 +2,9 @@
 
 import datetime as dt
 
+from patient_etl.entities.claim import CLAIM
 from patient_etl.entities.kinds import ADJUSTMENT_CODES, AMOUNT, DATE
-from patient_etl.entities.spec import Entity, Field, Reference
+from patient_etl.entities.spec import Entity, Field, TotalNotAbove, refers_to
 
 EOP = Entity(
     "eop",
@@ -12,7 +13,7 @@ EOP = Entity(
     fields=(
         Field("eop_id", aliases=("eop id", "eopId", "eob id", "payment id", "remittance id", "id"),
               describe="your stable ID for the payment"),
-        Field("claim_id", required=True, aliases=("claim id", "claimId", "claim number", "claim no", "claim #")),
+        refers_to(CLAIM),
         Field("payment_date", DATE, required=True,
               aliases=("payment date", "paid date", "date paid", "check date", "remit date", "remittance date"),
               options={"min_date": dt.date(1900, 1, 1), "max_date": "today"}),
@@ -31,5 +32,6 @@ EOP = Entity(
         Field("check_number", aliases=("check no", "check number", "check #", "check", "eft number",
                                        "eft trace number", "trace number")),
     ),
-    references=(Reference("claim_id", "claim"),),
+    totals=(TotalNotAbove("paid_amount", "claim_id", "billed_amount",
+                          says="payments on claim {key} add up to {total}, more than its billed amount {limit}"),),
 )

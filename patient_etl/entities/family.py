@@ -1,7 +1,7 @@
 """Family: a household, the unit members belong to (the CareCloud seed's Family)."""
 
+from patient_etl.entities.contact import ADDRESS
 from patient_etl.entities.kinds import EMAIL, PHONE
-from patient_etl.entities.member import ADDRESS
 from patient_etl.entities.spec import Entity, Field
 
 FAMILY = Entity(
@@ -17,4 +17,5 @@ FAMILY = Entity(
         Field("email", EMAIL, aliases=("e-mail", "email address", "e-mail address")),
     ),
     groups=(ADDRESS,),
+    referred_as=("family id", "familyId", "household id"),
 )

@@ -65,6 +65,7 @@ class Kind:
     checks: Callable[[dict], list[Check]]
     normalize_sql: str = "{value}"  # from the checked value to the stored value
     number_sql: str | None = None  # a numeric view of the value, for range checks
+    echo_sql: str | None = None  # how a raw cell {v} is echoed into files (None: as sent)
 
 
 def _no_checks(_: dict) -> list[Check]:
@@ -122,12 +123,14 @@ EMAIL = Kind(
     lambda _: [Check("match_regex", "value", "is not a valid e-mail address", args={"regex": EMAIL_SHAPE})],
 )
 
+_LAST_FOUR = "'***-**-' || right({digits}, 4)"  # the one SSN mask: stored and echoed alike
 SSN = Kind(
     "ssn",
     "(CASE WHEN regexp_full_match({v}, '[0-9 -]+') THEN regexp_replace({v}, '[^0-9]', '', 'g') ELSE {v} END)",
     "VARCHAR", "TEXT", "9 digits; stored and echoed masked to the last four",
     lambda _: [Check("match_regex", "value", "must have 9 digits", args={"regex": r"^\d{9}$"})],
-    normalize_sql="'***-**-' || right({value}, 4)",
+    normalize_sql=_LAST_FOUR.format(digits="{value}"),
+    echo_sql=_LAST_FOUR.format(digits="regexp_replace({v}, '[^0-9]', '', 'g')"),
 )
 
 # Dates parse in DuckDB (it knows Feb 30 is not a day); GX sees yyyymmdd as an integer, which keeps

@@ -2,27 +2,10 @@
 
 import datetime as dt
 
-from patient_etl.entities.kinds import DATE, EMAIL, PHONE, SEX, SSN, STATE, ZIP, code
-from patient_etl.entities.spec import Entity, Field, Group, Reference
-
-ADDRESS = Group(
-    "address",
-    stored_as="addresses",
-    fields=(
-        Field("address_line1", aliases=("address line 1", "addressLine1", "address1", "address", "street",
-                                         "street address")),
-        Field("address_line2", aliases=("address line 2", "addressLine2", "address2", "apt", "unit")),
-        Field("city", aliases=("town",)),
-        Field("state", STATE, aliases=("state code", "province")),
-        Field("zip", ZIP, aliases=("zip code", "zipcode", "postal code", "postcode", "zip5")),
-    ),
-    complete=("address_line1", "city", "state", "zip"),
-)
-EMAILS = Group("email", "emails", (Field("email", EMAIL, aliases=("e-mail", "email address", "e-mail address")),))
-PHONES = Group(
-    "phone", "phones",
-    (Field("phone", PHONE, aliases=("phone number", "telephone", "tel", "mobile", "cell", "home phone")),),
-)
+from patient_etl.entities.contact import ADDRESS, EMAILS, PHONES
+from patient_etl.entities.family import FAMILY
+from patient_etl.entities.kinds import DATE, SEX, SSN, code
+from patient_etl.entities.spec import Entity, Field, refers_to
 
 RELATIONSHIP = code(
     {"self": "self", "spouse": "spouse", "child": "child", "other": "other"},
@@ -50,10 +33,10 @@ MEMBER = Entity(
         Field("sex", SEX, required=True,
               aliases=("gender", "patient sex", "patient gender", "sex at birth", "genderAtBirth")),
         Field("ssn", SSN, aliases=("social security number", "social security", "ss number")),
-        Field("family_id", aliases=("family id", "familyId", "household id")),
+        refers_to(FAMILY, required=False),
         Field("relationship", RELATIONSHIP, aliases=("relationship to subscriber", "relation")),
     ),
     groups=(ADDRESS, EMAILS, PHONES),
-    references=(Reference("family_id", "family"),),
     match_on=("first_name", "last_name", "birth_date", "sex"),
+    referred_as=("member id", "memberId", "patient id", "patientId", "patient", "mrn"),
 )

@@ -1,7 +1,7 @@
 """Provider: a clinician or organization that gives care and bills for it."""
 
+from patient_etl.entities.contact import ADDRESS
 from patient_etl.entities.kinds import NPI, PHONE, TAXONOMY
-from patient_etl.entities.member import ADDRESS
 from patient_etl.entities.spec import Entity, Field
 
 PROVIDER = Entity(
@@ -20,4 +20,5 @@ PROVIDER = Entity(
         Field("phone", PHONE, aliases=("phone number", "telephone", "tel", "office phone")),
     ),
     groups=(ADDRESS,),
+    referred_as=("provider id", "providerId", "provider", "rendering provider id"),
 )

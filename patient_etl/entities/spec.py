@@ -1,7 +1,8 @@
 """The entity spec: each entity's fields, rules, key and references, declared once.
 
-Staging columns, header aliases, the Great Expectations suite, the normalization SQL, the target
-DDL and the CSV template are all derived from an `Entity`; nothing downstream names a field itself.
+Staging columns, header aliases, the Great Expectations suite, the cross-row rules, the normalization
+SQL, the target DDL and the CSV template are all derived from an `Entity`; nothing downstream names
+a field itself.
 """
 
 from __future__ import annotations
@@ -12,11 +13,9 @@ from dataclasses import dataclass, field
 from patient_etl.entities.kinds import TEXT, Check, Kind
 
 MAX_GROUP_INDEX = 10
-# Header spellings of a reference to another entity's key, shared by every entity that refers to it.
-REFERENCE_ALIASES = {
-    "member_id": ("member id", "memberId", "patient id", "patientId", "patient", "mrn"),
-    "provider_id": ("provider id", "providerId", "provider", "rendering provider id"),
-}
+# Every stored row's provenance, after the entity's own columns (name, type in the target).
+AUDIT_COLUMNS = (("created_batch_id", "TEXT"), ("updated_batch_id", "TEXT"), ("created_at", "TIMESTAMPTZ"),
+                 ("updated_at", "TIMESTAMPTZ"))
 
 
 def header_key(header: str) -> str:
@@ -32,14 +31,16 @@ class Field:
     aliases: tuple[str, ...] = ()
     describe: str = ""
     options: dict = field(default_factory=dict, hash=False, compare=False)
+    references: str | None = None  # the entity whose key this field holds
 
     def checks(self) -> list[Check]:
         return self.kind.checks(self.options)
 
 
-def reference(key: str, *more: str) -> Field:
-    """A required reference to another entity's key, with that reference's shared header spellings."""
-    return Field(key, required=True, aliases=(*REFERENCE_ALIASES[key], *more))
+def refers_to(parent: Entity, *more: str, required: bool = True, describe: str = "") -> Field:
+    """A field holding `parent`'s key, spelled as the parent says other files name it (plus `more`)."""
+    return Field(parent.key, required=required, aliases=(*parent.referred_as, *more), describe=describe,
+                 references=parent.name)
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,19 @@ class NotBefore:
 
 
 @dataclass(frozen=True)
+class TotalNotAbove:
+    """A rule across rows and batches: the `amount`s of the rows that reference one parent (this batch's
+    plus what the target already holds from earlier batches) add up to no more than the parent's `limit`.
+    Every row of an exceeded parent gets the message (a warning unless said otherwise)."""
+
+    amount: str  # a field of this entity
+    reference: str  # a reference field of this entity
+    limit: str  # a field of the referenced entity
+    says: str  # the message: {parent}, {key}, {total} and {limit} are filled in
+    severity: str = "warning"
+
+
+@dataclass(frozen=True)
 class Column:
     """One staged column: a scalar field, or one member of one index of a group."""
 
@@ -89,14 +103,19 @@ class Entity:
     key: str
     fields: tuple[Field, ...]
     groups: tuple[Group, ...] = ()
-    references: tuple[Reference, ...] = ()
     match_on: tuple[str, ...] = ()  # identity when the key is empty (see README, "Matching")
     order_rules: tuple[NotBefore, ...] = ()
+    totals: tuple[TotalNotAbove, ...] = ()
+    referred_as: tuple[str, ...] = ()  # how other entities' files spell this entity's key
     describe: str = ""
 
     @property
     def table(self) -> str:
         return self.name
+
+    @property
+    def references(self) -> tuple[Reference, ...]:
+        return tuple(Reference(f.name, f.references) for f in self.fields if f.references)
 
     def field(self, name: str) -> Field:
         return next(f for f in self.fields if f.name == name)
@@ -146,3 +165,31 @@ def map_header(entity: Entity, header: str) -> str | None:
         ):
             return index.get(f"{base}{int(match.group(2))}")
     return index.get(header_key(header))
+
+
+def stored_columns(entity: Entity) -> list[tuple[str, str, str]]:
+    """(name, DuckDB type, target type) of every stored, comparable column, key first."""
+    cols = [(f.name, f.kind.sql_type, f.kind.target_type) for f in entity.fields]
+    cols += [(g.stored_as, "VARCHAR", "TEXT") for g in entity.groups]
+    cols.append(("extra", "VARCHAR", "TEXT"))
+    if entity.match_on:
+        cols.append(("match_key", "VARCHAR", "TEXT"))
+    return cols
+
+
+def _name_part(expr: str) -> str:
+    return f"coalesce(regexp_replace(lower(strip_accents({expr})), '[^a-z0-9]', '', 'g'), '')"
+
+
+def match_key_sql(entity: Entity, column: str = "{name}") -> str:
+    """Documented identity for rows without a key: md5 of the normalized match fields, `|`-joined.
+
+    Names are lower-cased, accents stripped and everything but letters and digits dropped.
+    `column` places each field's name in the column that holds it (its checked value when checking).
+    """
+    parts = []
+    for name in entity.match_on:
+        col = column.format(name=name)
+        kind = entity.field(name).kind.name
+        parts.append(_name_part(col) if kind == "text" else f"coalesce(CAST({col} AS VARCHAR), '')")
+    return "md5(" + " || '|' || ".join(parts) + ")"

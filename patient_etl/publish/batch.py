@@ -1,22 +1,20 @@
 """Publishing a batch: every entity applied and both logs written in one target transaction, then
-the results files. A file-level failure is recorded here too, with nothing applied."""
+the results files."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 
-import duckdb
-
+from patient_etl import results
 from patient_etl.batches import Batch, Home
 from patient_etl.entities import ENTITIES
 from patient_etl.entities.spec import Entity
-from patient_etl.publish import results
 from patient_etl.publish.references import check_references
-from patient_etl.publish.target import Target, maybe_die_before_commit, utc_now
+from patient_etl.publish.target import Target, maybe_die_before_commit
+from patient_etl.results import STATUSES, batch_row, results_base, utc_now
+from patient_etl.workspace import CHECKS, PUBLISH, STAGED, StageDb, Workspace, entity_stage
 
-STATUSES = ("Created", "Updated", "Unchanged", "Errored")
+ROW_LOG = "row_log"  # publish's own table: one row per source row, as the results file and the target log it
 
 
 @dataclass
@@ -43,79 +41,58 @@ def publish_order(entities: list[Entity]) -> list[Entity]:
     return ordered
 
 
-def batch_row(batch: Batch, status: str, counts: dict[str, int], results_file: str | None,
-              reason: str | None = None) -> dict:
-    return {
-        "batch_id": batch.batch_id, "source": batch.source, "file_names": json.dumps([f.name for f in batch.files]),
-        "sha256": json.dumps({f["name"]: f["sha256"] for f in batch.landed}) if batch.landed else None,
-        "status": status, "reason": reason, "rows_total": sum(counts.values()),
-        "created": counts.get("Created", 0), "updated": counts.get("Updated", 0),
-        "unchanged": counts.get("Unchanged", 0), "errored": counts.get("Errored", 0),
-        "results_file": results_file, "registered_at": batch.registered_at, "finished_at": utc_now(),
-    }
-
-
-def _results_base(batch: Batch, dry_run: bool) -> str:
-    label = "_dry-run" if dry_run else ""
-    return f"{batch.received_on.isoformat()}_{results.safe_stem(batch.display_name)}{label}_results"
-
-
 def publish_batch(home: Home, batch: Batch, target_url: str, dry_run: bool = False) -> PublishSummary:
-    folder = home.batch_staging(batch.batch_id)
-    db = folder / "publish.duckdb"
-    db.unlink(missing_ok=True)
-    duck = duckdb.connect(str(db))
+    workspace = Workspace(home, batch.batch_id)
+    present = workspace.staged_entities()
+    entities = publish_order([ENTITIES[name] for name in present])
+    reads = [STAGED, CHECKS, *(entity_stage(e.name) for e in entities)]
     target = Target(target_url)
     try:
-        duck.execute(f"ATTACH '{folder / 'staged.duckdb'}' AS staged (READ_ONLY)")
-        duck.execute(f"ATTACH '{folder / 'checks.duckdb'}' AS checks (READ_ONLY)")
-        present = staged_entities(folder)
-        entities = publish_order([ENTITIES[name] for name in present])
-        for entity in entities:
-            duck.execute(f"ATTACH '{folder / (entity.name + '.duckdb')}' AS ent_{entity.name} (READ_ONLY)")
-        now = utc_now()
-        with target.engine.connect() as conn:
-            transaction = conn.begin()
-            target.serialize_publishes(conn)
-            target.create_schema(conn, list(ENTITIES.values()))
-            check_references(conn, target, duck, entities)
-            for entity in entities:  # what is applied: the normalized rows whose references hold
-                duck.execute(f"""
-                    CREATE VIEW {entity.table} AS SELECT * FROM ent_{entity.name}.{entity.table}
-                    WHERE rid NOT IN (SELECT rid FROM ref_messages WHERE entity = '{entity.name}'
-                                      AND severity = 'error')""")
-            for entity in entities:
-                target.apply_entity(conn, duck, entity, batch.batch_id, now, write=not dry_run)
-            _build_row_log(duck, batch.batch_id, entities)
-            counts = dict(duck.execute("SELECT status, count(*) FROM row_log GROUP BY status").fetchall())
-            counts = {s: counts.get(s, 0) for s in STATUSES}
-            status = "Finished with Errors" if counts["Errored"] else "Finished"
-            tmp, final = results.claim_name(home.results, _results_base(batch, dry_run))
-            results.write_csv(duck, results.results_query("row_log", "staged.batch_files"), tmp)
-            if dry_run:
-                transaction.rollback()
-            else:
-                target.write_logs(conn, duck, "SELECT * FROM row_log",
-                                  batch_row(batch, status, counts, final.name))
-                maybe_die_before_commit()
-                transaction.commit()
-        results_file = results.link_into_place(tmp, final)
-        errors_files = _write_errors_files(home, duck, batch, dry_run)
-        by_entity = {
-            e: dict(duck.execute("SELECT status, count(*) FROM row_log WHERE entity = ? GROUP BY status",
-                                 [e]).fetchall())
-            for e in present
-        }
+        with workspace.open(PUBLISH, reads=reads) as db:
+            duck = db.con
+            now = utc_now()
+            with target.engine.connect() as conn:
+                transaction = conn.begin()
+                target.serialize_publishes(conn)
+                target.create_schema(conn, list(ENTITIES.values()))
+                check_references(conn, target, db, entities)
+                for entity in entities:  # what is applied: the normalized rows whose references hold
+                    duck.execute(f"""
+                        CREATE VIEW {entity.table} AS SELECT * FROM {db.normalized(entity.name)}
+                        WHERE rid NOT IN (SELECT rid FROM ref_messages WHERE entity = '{entity.name}'
+                                          AND severity = 'error')""")
+                for entity in entities:
+                    target.apply_entity(conn, duck, entity, batch.batch_id, now, write=not dry_run)
+                _build_row_log(db, batch.batch_id, entities)
+                counts = dict(duck.execute(f"SELECT status, count(*) FROM {ROW_LOG} GROUP BY status").fetchall())
+                counts = {s: counts.get(s, 0) for s in STATUSES}
+                status = "Finished with Errors" if counts["Errored"] else "Finished"
+                tmp, final = results.claim_name(home.results, results_base(batch, dry_run))
+                results.write_csv(duck, results.results_query(ROW_LOG, db.batch_files), tmp)
+                if dry_run:
+                    transaction.rollback()
+                else:
+                    target.write_logs(conn, duck, f"SELECT * FROM {ROW_LOG}",
+                                      batch_row(batch, status, counts, final.name))
+                    maybe_die_before_commit()
+                    transaction.commit()
+            results_file = results.link_into_place(tmp, final)
+            errors_files = _write_errors_files(home, db, batch, dry_run)
+            by_entity = {
+                e: dict(duck.execute(f"SELECT status, count(*) FROM {ROW_LOG} WHERE entity = ? GROUP BY status",
+                                     [e]).fetchall())
+                for e in present
+            }
         return PublishSummary(status, counts, str(results_file), errors_files, by_entity)
     finally:
-        duck.close()
         target.dispose()
 
 
-def _build_row_log(duck: duckdb.DuckDBPyConnection, batch_id: str, entities: list[Entity]) -> None:
+def _build_row_log(db: StageDb, batch_id: str, entities: list[Entity]) -> None:
     selects = []
     for e in entities:
-        checked_cols = {r[0] for r in duck.execute(f"SELECT * FROM checks.checked_{e.name} LIMIT 0").description}
+        checked, outcome = db.checked(e.name), db.outcome(e.name)
+        checked_cols = {r[0] for r in db.con.execute(f"SELECT * FROM {checked} LIMIT 0").description}
         raw_key = f"c.{e.key}" if e.key in checked_cols else "NULL"
         selects.append(f"""
             SELECT '{batch_id}' AS batch_id, o.file_index, o.row_number, '{e.name}' AS entity,
@@ -127,65 +104,33 @@ def _build_row_log(duck: duckdb.DuckDBPyConnection, batch_id: str, entities: lis
                             || first.row_number || ' of this batch' END,
                        r.errors, o.messages, r.warnings), '') AS messages,
                    nullif(rtrim(p.changed_fields, ','), '') AS changed_fields
-            FROM checks.row_outcome_{e.name} o
+            FROM {outcome} o
             LEFT JOIN outcome_{e.name} p USING (rid)
-            LEFT JOIN checks.checked_{e.name} c USING (rid)
-            LEFT JOIN checks.row_outcome_{e.name} first ON first.rid = p.first_rid
+            LEFT JOIN {checked} c USING (rid)
+            LEFT JOIN {outcome} first ON first.rid = p.first_rid
             LEFT JOIN (SELECT rid, string_agg(message, '; ') FILTER (severity = 'error') AS errors,
                               string_agg(message, '; ') FILTER (severity = 'warning') AS warnings
                        FROM ref_messages WHERE entity = '{e.name}' GROUP BY rid) r USING (rid)""")
-    duck.execute("CREATE OR REPLACE TABLE row_log AS " + " UNION ALL ".join(selects))
+    db.con.execute(f"CREATE OR REPLACE TABLE {ROW_LOG} AS " + " UNION ALL ".join(selects))
 
 
-def _write_errors_files(home: Home, duck: duckdb.DuckDBPyConnection, batch: Batch, dry_run: bool) -> list[str]:
+def _write_errors_files(home: Home, db: StageDb, batch: Batch, dry_run: bool) -> list[str]:
     written = []
-    files = duck.execute(
-        "SELECT f.file_index, f.name FROM staged.batch_files f WHERE f.entity <> 'source' AND EXISTS "
-        "(SELECT 1 FROM row_log r WHERE r.file_index = f.file_index AND r.status = 'Errored') ORDER BY 1"
+    files = db.con.execute(
+        f"SELECT f.file_index, f.name, f.entity FROM {db.batch_files} f WHERE EXISTS "
+        f"(SELECT 1 FROM {ROW_LOG} r WHERE r.file_index = f.file_index AND r.status = 'Errored') ORDER BY 1"
     ).fetchall()
-    for file_index, name in files:
-        headers = duck.execute(
-            "SELECT position, header, column_name FROM staged.header_map WHERE file_index = ? ORDER BY position",
+    for file_index, name, entity in files:
+        if entity not in ENTITIES:  # a file a SQL template reads: its rows were transformed, not echoed
+            continue
+        headers = db.con.execute(
+            f"SELECT position, header, column_name FROM {db.header_map} WHERE file_index = ? ORDER BY position",
             [file_index],
         ).fetchall()
         label = "_dry-run" if dry_run else ""
         tmp, final = results.claim_name(
             home.results, f"{batch.received_on.isoformat()}_{results.safe_stem(name)}{label}_errors")
-        query = results.errors_query(f"staged.raw_{file_index}", headers, "row_log", file_index)
-        results.write_csv(duck, query, tmp)
+        query = results.errors_query(db.raw(file_index), entity, headers, ROW_LOG, file_index)
+        results.write_csv(db.con, query, tmp)
         written.append(str(results.link_into_place(tmp, final)))
     return written
-
-
-def record_failure(home: Home, batch: Batch, target_url: str | None, reason: str) -> str:
-    """A batch that failed at file level: a results file saying why, and the batch log; no data."""
-    tmp, final = results.claim_name(home.results, _results_base(batch, False))
-    duck = duckdb.connect()
-    try:
-        results.write_csv(duck, f"""
-            SELECT NULL::BIGINT AS row_number, NULL AS entity, NULL AS external_id, 'Failed' AS status,
-                   {results.neutralize('?')} AS messages""".replace("?", _sql_literal("error: file: " + reason)), tmp)
-    finally:
-        duck.close()
-    path = results.link_into_place(tmp, final)
-    if target_url:
-        target = Target(target_url)
-        try:
-            with target.engine.begin() as conn:
-                target.serialize_publishes(conn)
-                target.create_schema(conn, list(ENTITIES.values()))
-                target.write_batch_row(conn, batch_row(batch, "Failed", {}, path.name, reason))
-        finally:
-            target.dispose()
-    return str(path)
-
-
-def _sql_literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
-def staged_entities(folder: Path) -> list[str]:
-    """The entities a batch holds: one `staged_<entity>` table each."""
-    with duckdb.connect(str(folder / "staged.duckdb"), read_only=True) as con:
-        tables = [r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()]
-    return sorted(t.removeprefix("staged_") for t in tables if t.startswith("staged_"))

@@ -2,17 +2,24 @@
 
 A reference resolves to a good row of the same batch or to a row the target already holds. A child
 whose parent row is Errored in this batch is Errored too, saying so, and so on down the references.
-Results go to `ref_messages(entity, rid, severity, message)` in the publish DuckDB.
+The spec's totals rules (`TotalNotAbove`: payments on a claim within its billed amount) run here
+too, since they count what the target already holds. Results go to `ref_messages(entity, rid,
+severity, message)` in the publish database.
 """
 
 from __future__ import annotations
+
+import string
 
 import duckdb
 import sqlalchemy as sa
 
 from patient_etl.entities import ENTITIES
-from patient_etl.entities.spec import Entity
+from patient_etl.entities.spec import Entity, TotalNotAbove
 from patient_etl.publish.target import Target
+from patient_etl.workspace import StageDb, checked_value
+
+_NOT_ERRORED = "rid NOT IN (SELECT rid FROM ref_messages WHERE entity = '{entity}' AND severity = 'error')"
 
 
 def target_lookup(conn: sa.Connection, target: Target, duck: duckdb.DuckDBPyConnection, values_query: str,
@@ -27,34 +34,33 @@ def target_lookup(conn: sa.Connection, target: Target, duck: duckdb.DuckDBPyConn
                  {"key": "VARCHAR", **extra})
 
 
-def check_references(conn: sa.Connection, target: Target, duck: duckdb.DuckDBPyConnection,
-                     entities: list[Entity]) -> None:
-    """Fill `ref_messages`; `entities` in publish order, each normalized as `ent_<name>.<name>`."""
+def check_references(conn: sa.Connection, target: Target, db: StageDb, entities: list[Entity]) -> None:
+    """Fill `ref_messages`; `entities` in publish order."""
+    duck = db.con
     duck.execute("CREATE OR REPLACE TABLE ref_messages (entity VARCHAR, rid BIGINT, severity VARCHAR, "
                  "message VARCHAR)")
     present = {e.name for e in entities}
     for entity in entities:
         for ref in entity.references:
             parent = ENTITIES[ref.entity]
-            child = f"ent_{entity.name}.{entity.table}"
+            child = db.normalized(entity.name)
             good, bad = f"good_{entity.name}_{ref.field}", f"bad_{entity.name}_{ref.field}"
-            checked_cols = {r[0] for r in duck.execute(
-                f"SELECT * FROM checks.checked_{parent.name} LIMIT 0").description} if ref.entity in present else set()
-            if f"{parent.key}__value" in checked_cols:
+            parent_checked = db.checked(parent.name) if ref.entity in present else None
+            checked_cols = {r[0] for r in duck.execute(f"SELECT * FROM {parent_checked} LIMIT 0").description} \
+                if parent_checked else set()
+            parent_key = checked_value(parent.key)
+            if parent_key in checked_cols:
                 duck.execute(f"""
                     CREATE OR REPLACE TEMP TABLE {good} AS
-                    SELECT {parent.key} AS key FROM ent_{parent.name}.{parent.table} p
-                    WHERE {parent.key} IS NOT NULL
-                      AND p.rid NOT IN (SELECT rid FROM ref_messages WHERE entity = '{parent.name}'
-                                        AND severity = 'error')""")
+                    SELECT {parent.key} AS key FROM {db.normalized(parent.name)} p
+                    WHERE {parent.key} IS NOT NULL AND p.{_NOT_ERRORED.format(entity=parent.name)}""")
                 duck.execute(f"""
                     CREATE OR REPLACE TEMP TABLE {bad} AS
-                    SELECT c.{parent.key}__value AS key, min(c.row_number) AS row_number
-                    FROM checks.checked_{parent.name} c
-                    WHERE c.{parent.key}__value IS NOT NULL AND c.{parent.key}__value NOT IN (SELECT g.key FROM {good} g)
-                      AND (c.rid IN (SELECT rid FROM checks.row_outcome_{parent.name} WHERE errored)
-                           OR c.rid IN (SELECT rid FROM ref_messages WHERE entity = '{parent.name}'
-                                        AND severity = 'error'))
+                    SELECT c.{parent_key} AS key, min(c.row_number) AS row_number
+                    FROM {parent_checked} c
+                    WHERE c.{parent_key} IS NOT NULL AND c.{parent_key} NOT IN (SELECT g.key FROM {good} g)
+                      AND (c.rid IN (SELECT rid FROM {db.outcome(parent.name)} WHERE errored)
+                           OR NOT c.{_NOT_ERRORED.format(entity=parent.name)})
                     GROUP BY 1""")
             else:
                 duck.execute(f"CREATE OR REPLACE TEMP TABLE {good} (key VARCHAR)")
@@ -77,40 +83,57 @@ def check_references(conn: sa.Connection, target: Target, duck: duckdb.DuckDBPyC
                 WHERE c.{ref.field} IS NOT NULL
                   AND (b.key IS NOT NULL OR (c.{ref.field} NOT IN (SELECT g.key FROM {good} g)
                                              AND c.{ref.field} NOT IN (SELECT f.key FROM {found} f)))""")
-    _payments_over_billed(conn, target, duck, present)
+    for entity in entities:
+        for rule in entity.totals:
+            _total_not_above(conn, target, db, entity, rule, present)
 
 
-def _payments_over_billed(conn: sa.Connection, target: Target, duck: duckdb.DuckDBPyConnection,
-                          present: set[str]) -> None:
-    """A warning on each payment of a claim whose payments add up to more than it billed."""
-    if "eop" not in present:
-        return
-    claims = "(SELECT claim_id, billed_amount FROM ent_claim.claim)" if "claim" in present else \
-        "(SELECT NULL::VARCHAR AS claim_id, NULL::DECIMAL(14,2) AS billed_amount WHERE false)"
-    target_lookup(conn, target, duck, f"SELECT DISTINCT claim_id AS key FROM ent_eop.eop WHERE claim_id NOT IN "
-                                      f"(SELECT claim_id FROM {claims})",
-                  "claim", "claim_id", "target_claims", {"billed_amount": "DECIMAL(14,2)"})
-    # What earlier batches already paid on those claims (this batch's own payments not counted twice).
-    conn.exec_driver_sql("DROP TABLE IF EXISTS ref_batch_eops")
-    conn.exec_driver_sql("CREATE TEMPORARY TABLE ref_batch_eops (eop_id TEXT PRIMARY KEY)")
-    target.load(conn, duck, "SELECT DISTINCT eop_id FROM ent_eop.eop", "ref_batch_eops", ["eop_id"])
+def _says_sql(says: str, values: dict[str, str]) -> str:
+    """A rule's message template as a SQL string expression, its placeholders filled from `values`."""
+    parts = []
+    for literal, name, _, _ in string.Formatter().parse(says):
+        if literal:
+            parts.append("'" + literal.replace("'", "''") + "'")
+        if name:
+            parts.append(f"CAST({values[name]} AS VARCHAR)")
+    return " || ".join(parts)
+
+
+def _total_not_above(conn: sa.Connection, target: Target, db: StageDb, entity: Entity, rule: TotalNotAbove,
+                     present: set[str]) -> None:
+    """Each good row of `entity` whose parent's amounts (this batch plus earlier batches) exceed the
+    parent's limit gets the rule's message."""
+    duck = db.con
+    parent = ENTITIES[next(r.entity for r in entity.references if r.field == rule.reference)]
+    rows, ref, amount, limit = db.normalized(entity.name), rule.reference, rule.amount, rule.limit
+    limit_type = parent.field(limit).kind.sql_type
+    parents = f"(SELECT {parent.key} AS key, {limit} AS limit_value FROM {db.normalized(parent.name)})" \
+        if parent.name in present else f"(SELECT NULL::VARCHAR AS key, NULL::{limit_type} AS limit_value WHERE false)"
+    held, paid = f"target_{parent.name}_{limit}", f"target_{entity.name}_{amount}"
+    target_lookup(conn, target, duck, f"SELECT DISTINCT {ref} AS key FROM {rows} WHERE {ref} NOT IN "
+                                      f"(SELECT key FROM {parents})",
+                  parent.table, parent.key, held, {limit: limit_type})
+    # What earlier batches already hold against those parents (this batch's own rows not counted twice).
+    batch_keys = f"ref_batch_{entity.name}"
+    conn.exec_driver_sql(f"DROP TABLE IF EXISTS {batch_keys}")
+    conn.exec_driver_sql(f"CREATE TEMPORARY TABLE {batch_keys} ({entity.key} TEXT PRIMARY KEY)")
+    target.load(conn, duck, f"SELECT DISTINCT {entity.key} FROM {rows}", batch_keys, [entity.key])
     conn.exec_driver_sql("DROP TABLE IF EXISTS ref_lookup")
     conn.exec_driver_sql("CREATE TEMPORARY TABLE ref_lookup (key TEXT PRIMARY KEY)")
-    target.load(conn, duck, "SELECT DISTINCT claim_id AS key FROM ent_eop.eop", "ref_lookup", ["key"])
-    target.fetch(conn, duck, """
-        SELECT e.claim_id, sum(e.paid_amount) FROM eop e JOIN ref_lookup l ON l.key = e.claim_id
-        WHERE NOT EXISTS (SELECT 1 FROM ref_batch_eops b WHERE b.eop_id = e.eop_id) GROUP BY e.claim_id""",
-                 "target_paid", {"claim_id": "VARCHAR", "paid": "DECIMAL(18,2)"})
+    target.load(conn, duck, f"SELECT DISTINCT {ref} AS key FROM {rows}", "ref_lookup", ["key"])
+    target.fetch(conn, duck, f"""
+        SELECT e.{ref}, sum(e.{amount}) FROM {entity.table} e JOIN ref_lookup l ON l.key = e.{ref}
+        WHERE NOT EXISTS (SELECT 1 FROM {batch_keys} b WHERE b.{entity.key} = e.{entity.key}) GROUP BY e.{ref}""",
+                 paid, {"key": "VARCHAR", "total": "DECIMAL(18,2)"})
+    good = _NOT_ERRORED.format(entity=entity.name)
+    message = _says_sql(rule.says, {"key": f"e.{ref}", "total": "t.total", "limit": "p.limit_value"})
     duck.execute(f"""
         INSERT INTO ref_messages
-        SELECT 'eop', e.rid, 'warning',
-               'warning: paid_amount: payments on claim ' || e.claim_id || ' add up to ' || t.paid
-               || ', more than its billed amount ' || b.billed_amount
-        FROM ent_eop.eop e
-        JOIN (SELECT claim_id, sum(paid_amount) + coalesce(any_value(p.paid), 0) AS paid FROM ent_eop.eop
-              LEFT JOIN target_paid p USING (claim_id)
-              WHERE rid NOT IN (SELECT rid FROM ref_messages WHERE entity = 'eop' AND severity = 'error')
-              GROUP BY claim_id) t USING (claim_id)
-        JOIN (SELECT * FROM {claims} UNION ALL SELECT key, billed_amount FROM target_claims) b USING (claim_id)
-        WHERE t.paid > b.billed_amount
-          AND e.rid NOT IN (SELECT rid FROM ref_messages WHERE entity = 'eop' AND severity = 'error')""")
+        SELECT '{entity.name}', e.rid, '{rule.severity}', '{rule.severity}: {amount}: ' || {message}
+        FROM {rows} e
+        JOIN (SELECT {ref} AS key, sum({amount}) + coalesce(any_value(t.total), 0) AS total FROM {rows}
+              LEFT JOIN {paid} t ON t.key = {ref}
+              WHERE {good}
+              GROUP BY {ref}) t ON t.key = e.{ref}
+        JOIN (SELECT * FROM {parents} UNION ALL SELECT key, {limit} FROM {held}) p ON p.key = e.{ref}
+        WHERE t.total > p.limit_value AND e.{good}""")

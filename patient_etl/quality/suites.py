@@ -17,6 +17,7 @@ import pandas as pd
 
 from patient_etl.entities.kinds import Check
 from patient_etl.entities.spec import Column, Entity
+from patient_etl.workspace import checked_number, checked_value
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 
@@ -54,7 +55,7 @@ class Rule:
 
 
 def frame_column(column: Column, check: Check) -> str:
-    return {"raw": column.name, "value": f"{column.name}__value", "number": f"{column.name}__number"}[check.column]
+    return {"raw": column.name, "value": checked_value(column.name), "number": checked_number(column.name)}[check.column]
 
 
 def rules_for(entity: Entity, present: list[str], relaxed: frozenset[str] = frozenset()) -> list[Rule]:
@@ -76,8 +77,8 @@ def rules_for(entity: Entity, present: list[str], relaxed: frozenset[str] = froz
                               check.kind, tuple(check.args.items()), condition))
     for rule in entity.order_rules:
         if rule.later in present and rule.earlier in present:
-            rules.append(Rule(f"{rule.later}__value", "error", rule.later, f"is before {rule.earlier}", "not_before",
-                              (("column_B", f"{rule.earlier}__value"),)))
+            rules.append(Rule(checked_value(rule.later), "error", rule.later, f"is before {rule.earlier}", "not_before",
+                              (("column_B", checked_value(rule.earlier)),)))
     for group, index in group_indexes(entity, present):
         members = [group.column(f.name, index) for f in group.fields]
         any_present = " | ".join(f"{m}.notnull()" for m in members)

@@ -3,14 +3,15 @@
 import dagster as dg
 
 from patient_etl.errors import phi_safe
+from patient_etl.failure import fail_batch
 from patient_etl.partitions import batches
-from patient_etl.publish.batch import record_failure
 from patient_etl.resources import PartnerSftp, PatientEtl
 from patient_etl.sources.assets import landed_batch
 from patient_etl.sources.delivery import deliver_or_warn
 from patient_etl.sources.landing import landed_paths
 from patient_etl.staging.load import FileRejected, stage_files
 from patient_etl.staging.mappings import MappingError, load_mapping
+from patient_etl.workspace import STAGED
 
 
 @dg.asset(partitions_def=batches, group_name="stage", deps=[landed_batch])
@@ -18,23 +19,18 @@ def staged_rows(context: dg.AssetExecutionContext, etl: PatientEtl, sftp: Partne
     """Every row of the batch's files in DuckDB (one database per batch), header mapped to fields."""
     home, registry = etl.home_dir(), etl.registry()
     batch = registry.require(context.partition_key)
-    folder = home.batch_staging(batch.batch_id)
-    folder.mkdir(parents=True, exist_ok=True)
+    workspace = etl.workspace(batch.batch_id)
     try:
-        with phi_safe(home, batch.batch_id, "staging"):
+        with phi_safe(home, batch.batch_id, "staging"), workspace.open(STAGED) as db:
             mapping = load_mapping(batch.mapping) if batch.mapping else None
-            staged = stage_files(folder / "staged.duckdb", landed_paths(home, batch), etl.max_file_bytes,
-                                 mapping=mapping)
+            staged = stage_files(db, landed_paths(home, batch), etl.max_file_bytes, mapping=mapping)
     except (FileRejected, MappingError) as exc:
-        reason = exc.reason
-        results_file = record_failure(home, batch, etl.target(), reason)
-        batch = registry.set_status(batch, "Failed", reason=reason, results_file=results_file, counts={})
-        etl.notify(context.log, batch)
+        batch = fail_batch(context.log, etl, batch, exc.reason)
         if batch.source == "sftp":
             deliver_or_warn(context.log, registry, batch, sftp)
         raise dg.Failure(
-            description=f"Batch failed at file level ({exc.code}): {reason}",
-            metadata={"failure": exc.code, "results_file": dg.MetadataValue.path(results_file)},
+            description=f"Batch failed at file level ({exc.code}): {exc.reason}",
+            metadata={"failure": exc.code, "results_file": dg.MetadataValue.path(batch.results_file)},
             allow_retries=False,
         ) from None
     registry.set_status(batch, "Staged")
@@ -45,7 +41,7 @@ def staged_rows(context: dg.AssetExecutionContext, etl: PatientEtl, sftp: Partne
         "files": dg.MetadataValue.md("\n".join(
             f"- file {s.file_index + 1}: {s.entity}, {s.rows} rows, {len(s.header.unknown)} unknown columns"
             for s in staged)),
-        "staging_db": dg.MetadataValue.path(str(folder / "staged.duckdb")),
+        "staging_db": dg.MetadataValue.path(str(workspace.path(STAGED))),
     })
 
 

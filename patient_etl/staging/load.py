@@ -20,9 +20,10 @@ from patient_etl.duck import scalar
 from patient_etl.entities import ENTITIES, FORMAT_ALIASES
 from patient_etl.entities.spec import Entity, map_header
 from patient_etl.errors import SafeError
+from patient_etl.resources import DEFAULT_MAX_BYTES
 from patient_etl.staging.mappings import EntityMapping, Mapping, table_name
+from patient_etl.workspace import StageDb
 
-DEFAULT_MAX_BYTES = 2 * 1024**3
 SOURCE = "source"  # batch_files.entity of a file a SQL template reads
 _CHUNK = 8 * 1024 * 1024
 _DELIMITERS = (",", ";", "\t", "|")
@@ -95,18 +96,17 @@ def check_file(path: Path, name: str, max_bytes: int = DEFAULT_MAX_BYTES) -> Non
             raise FileRejected("encoding", f"{name} is not UTF-8 (it ends mid-character)") from None
 
 
-def expand_archives(files: list[tuple[str, Path]], folder: Path, max_bytes: int) -> list[tuple[str, Path]]:
-    """Zips become their CSV members (extracted under `folder`); other files pass through.
+def expand_archives(files: list[tuple[str, Path]], target: Path, max_bytes: int) -> list[tuple[str, Path]]:
+    """Zips become their CSV members (extracted into `target`); other files pass through.
 
     Member names are untrusted: only their base name is used, and the total size is bounded, so a
-    zip cannot write outside `folder` or fill the disk.
+    zip cannot write outside `target` or fill the disk.
     """
     out: list[tuple[str, Path]] = []
     for name, path in files:
         if not name.lower().endswith(".zip"):
             out.append((name, path))
             continue
-        target = folder / "unzipped"
         target.mkdir(parents=True, exist_ok=True)
         try:
             archive = zipfile.ZipFile(path)
@@ -187,13 +187,14 @@ def detect_entity(name: str, headers: list[str]) -> Entity:
     return max(ENTITIES.values(), key=score)
 
 
-def _load_file(con: duckdb.DuckDBPyConnection, staged: StagedFile) -> None:
+def _load_file(db: StageDb, staged: StagedFile) -> None:
     """Read one CSV into `raw_<i>` with its 1-based data row numbers, rows of the wrong width kept aside.
 
     DuckDB's rejects table numbers records (not physical lines), so a rejected record's row number
     is exact even with quoted newlines; accepted rows take the remaining numbers in file order.
     """
-    i = staged.file_index
+    con, i = db.con, staged.file_index
+    raw, rejected = db.raw(i), db.rejected(i)
     width = len(staged.header.headers)
     columns = "{" + ", ".join(f"'c{j}': 'VARCHAR'" for j in range(width)) + "}"
     con.execute(
@@ -207,45 +208,44 @@ def _load_file(con: duckdb.DuckDBPyConnection, staged: StagedFile) -> None:
     )
     con.execute(
         f"""
-        CREATE TABLE rejected_{i} AS
+        CREATE TABLE {rejected} AS
         SELECT DISTINCT ON (line) CAST(line - 1 AS BIGINT) AS row_number, error_type,
                CAST(regexp_extract(error_message, 'Found: ([0-9]+)', 1) AS VARCHAR) AS found
         FROM rejects_{i} ORDER BY line
         """
     )
     accepted = scalar(con, f"SELECT count(*) FROM accepted_{i}")
-    rejected = scalar(con, f"SELECT count(*) FROM rejected_{i}")
-    if accepted + rejected == 0:
+    rejected_rows = scalar(con, f"SELECT count(*) FROM {rejected}")
+    if accepted + rejected_rows == 0:
         raise FileRejected("no_data", f"{staged.name} has a header but no data rows")
-    if rejected == 0:
-        con.execute(f"CREATE TABLE raw_{i} AS SELECT rowid + 1 AS row_number, * FROM accepted_{i}")
+    if rejected_rows == 0:
+        con.execute(f"CREATE TABLE {raw} AS SELECT rowid + 1 AS row_number, * FROM accepted_{i}")
         staged.rows, staged.rejected_rows = accepted, 0
         return
     con.execute(
         f"""
-        CREATE TABLE raw_{i} AS
+        CREATE TABLE {raw} AS
         WITH numbers AS (
             SELECT n AS row_number, row_number() OVER (ORDER BY n) AS k
-            FROM range(1, {accepted + rejected + 1}) t(n)
-            WHERE n NOT IN (SELECT row_number FROM rejected_{i})
+            FROM range(1, {accepted + rejected_rows + 1}) t(n)
+            WHERE n NOT IN (SELECT row_number FROM {rejected})
         ),
         ordered AS (SELECT *, rowid + 1 AS k FROM accepted_{i})
         SELECT numbers.row_number, ordered.* EXCLUDE (k) FROM ordered JOIN numbers USING (k)
         """
     )
-    staged.rows, staged.rejected_rows = accepted + rejected, rejected
+    staged.rows, staged.rejected_rows = accepted + rejected_rows, rejected_rows
 
 
-def stage_files(db_path: Path, files: list[tuple[str, Path]], max_bytes: int = DEFAULT_MAX_BYTES,
+def stage_files(db: StageDb, files: list[tuple[str, Path]], max_bytes: int = DEFAULT_MAX_BYTES,
                 entity: Entity | None = None, mapping: Mapping | None = None) -> list[StagedFile]:
-    """Load every file of a batch into `db_path`: one `staged_<entity>` table per entity present.
+    """Load every file of a batch into the staging database: one `staged_<entity>` table per entity.
 
     `staged_<entity>` has `rid` (unique in the batch), `file_index`, `row_number`, one VARCHAR column
     per mapped field (NULL when empty), `extra` (unknown columns as JSON) and `width_error`.
     With a SQL mapping template, the files are its sources and its SELECTs make the entities.
     """
-    db_path.unlink(missing_ok=True)
-    files = expand_archives(files, db_path.parent, max_bytes)
+    files = expand_archives(files, db.workspace.unpacked, max_bytes)
     sql_mode = mapping is not None and mapping.uses_sql
     staged: list[StagedFile] = []
     for i, (name, path) in enumerate(files):
@@ -259,33 +259,30 @@ def stage_files(db_path: Path, files: list[tuple[str, Path]], max_bytes: int = D
         template = mapping.entities.get(file_entity.name) if mapping else None
         staged.append(StagedFile(i, name, path, file_entity.name,
                                  map_headers(file_entity, headers, name, template), delimiter))
-    con = duckdb.connect(str(db_path))
-    try:
-        for item in staged:
-            try:
-                _load_file(con, item)
-            except duckdb.Error as exc:  # its text may quote a line of the file: keep only the type
-                raise FileRejected("unreadable", f"{item.name} could not be read as CSV "
-                                                 f"({type(exc).__name__})") from None
-        if sql_mode:
-            _stage_with_sql(con, mapping, staged)
-        else:
-            for entity_name in sorted({s.entity for s in staged}):
-                template = mapping.entities.get(entity_name) if mapping else None
-                _union_entity(con, ENTITIES[entity_name], [s for s in staged if s.entity == entity_name], template)
-        _record_files(con, staged)
-    finally:
-        con.close()
+    for item in staged:
+        try:
+            _load_file(db, item)
+        except duckdb.Error as exc:  # its text may quote a line of the file: keep only the type
+            raise FileRejected("unreadable", f"{item.name} could not be read as CSV "
+                                             f"({type(exc).__name__})") from None
+    if sql_mode:
+        _stage_with_sql(db, mapping, staged)
+    else:
+        for entity_name in sorted({s.entity for s in staged}):
+            template = mapping.entities.get(entity_name) if mapping else None
+            _union_entity(db, ENTITIES[entity_name], [s for s in staged if s.entity == entity_name], template)
+    _record_files(db, staged)
     return staged
 
 
-def _stage_with_sql(con: duckdb.DuckDBPyConnection, mapping: Mapping, staged: list[StagedFile]) -> None:
+def _stage_with_sql(db: StageDb, mapping: Mapping, staged: list[StagedFile]) -> None:
+    con = db.con
     by_table = {}
     for f in staged:
         table = table_name(f.name)
         by_table[table] = f
         columns = ", ".join(f'c{j} AS "{h.replace(chr(34), chr(34) * 2)}"' for j, h in enumerate(f.header.headers))
-        con.execute(f"CREATE VIEW {table} AS SELECT row_number, {columns} FROM raw_{f.file_index}")
+        con.execute(f"CREATE VIEW {table} AS SELECT row_number, {columns} FROM {db.raw(f.file_index)}")
     for name, template in mapping.entities.items():
         if not template.sql:
             continue
@@ -308,14 +305,14 @@ def _stage_with_sql(con: duckdb.DuckDBPyConnection, mapping: Mapping, staged: li
                  else f"{_literal(template.constants[c])} AS {c}" for c in present]
         i, width = driving.file_index, len(driving.header.headers)
         con.execute(f"""
-            CREATE TABLE staged_{name} AS
+            CREATE TABLE {db.staged(name)} AS
             SELECT CAST({i} AS BIGINT) * 10000000000 + q.row_number AS rid, {i} AS file_index, q.row_number,
                    {', '.join(cells)}, CAST(NULL AS JSON) AS extra, CAST(NULL AS VARCHAR) AS width_error
             FROM ({template.sql}) q
             UNION ALL
             SELECT CAST({i} AS BIGINT) * 10000000000 + x.row_number, {i}, x.row_number,
                    {', '.join('NULL' for _ in present)}, NULL, {_width_message(width)}
-            FROM rejected_{i} x
+            FROM {db.rejected(i)} x
             ORDER BY rid""")
 
 
@@ -344,7 +341,7 @@ def _cell(template: EntityMapping | None, column: str, raw: str) -> str:
     return cell
 
 
-def _union_entity(con: duckdb.DuckDBPyConnection, entity: Entity, files: list[StagedFile],
+def _union_entity(db: StageDb, entity: Entity, files: list[StagedFile],
                   template: EntityMapping | None = None) -> None:
     constants = set(template.constants) if template else set()
     present = sorted({c for f in files for c in f.header.columns if c} | constants,
@@ -368,22 +365,24 @@ def _union_entity(con: duckdb.DuckDBPyConnection, entity: Entity, files: list[St
         selects.append(
             f"SELECT CAST({i} AS BIGINT) * 10000000000 + r.row_number AS rid, {i} AS file_index, r.row_number, "
             f"{', '.join(cells) or 'NULL AS _none'}, {extra} AS extra, CAST(NULL AS VARCHAR) AS width_error "
-            f"FROM raw_{i} r "
+            f"FROM {db.raw(i)} r "
             f"UNION ALL SELECT CAST({i} AS BIGINT) * 10000000000 + x.row_number, {i}, x.row_number, "
             f"{', '.join('NULL' for _ in present) or 'NULL'}, NULL, "
             f"{_width_message(width)} "
-            f"FROM rejected_{i} x"
+            f"FROM {db.rejected(i)} x"
         )
-    con.execute(f"CREATE TABLE staged_{entity.name} AS " + " UNION ALL ".join(selects) + " ORDER BY rid")
+    db.con.execute(f"CREATE TABLE {db.staged(entity.name)} AS " + " UNION ALL ".join(selects) + " ORDER BY rid")
 
 
-def _record_files(con: duckdb.DuckDBPyConnection, staged: list[StagedFile]) -> None:
-    con.execute("CREATE TABLE batch_files (file_index INTEGER, name VARCHAR, entity VARCHAR, rows BIGINT, "
+def _record_files(db: StageDb, staged: list[StagedFile]) -> None:
+    con = db.con
+    con.execute(f"CREATE TABLE {db.batch_files} (file_index INTEGER, name VARCHAR, entity VARCHAR, rows BIGINT, "
                 "rejected_rows BIGINT, delimiter VARCHAR)")
-    con.execute("CREATE TABLE header_map (file_index INTEGER, position INTEGER, header VARCHAR, column_name VARCHAR)")
+    con.execute(f"CREATE TABLE {db.header_map} (file_index INTEGER, position INTEGER, header VARCHAR, "
+                "column_name VARCHAR)")
     for s in staged:
-        con.execute("INSERT INTO batch_files VALUES (?, ?, ?, ?, ?, ?)",
+        con.execute(f"INSERT INTO {db.batch_files} VALUES (?, ?, ?, ?, ?, ?)",
                     [s.file_index, s.name, s.entity, s.rows, s.rejected_rows, s.delimiter])
-        con.executemany("INSERT INTO header_map VALUES (?, ?, ?, ?)",
+        con.executemany(f"INSERT INTO {db.header_map} VALUES (?, ?, ?, ?)",
                         [[s.file_index, j, h, c] for j, (h, c) in
                          enumerate(zip(s.header.headers, s.header.columns, strict=True))])

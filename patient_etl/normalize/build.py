@@ -1,0 +1,54 @@
+"""Normalization: the checked rows that did not error, typed, with groups folded into JSON lists,
+unknown columns kept in `extra`, and, for entities that match without a key, `match_key`."""
+
+from __future__ import annotations
+
+from patient_etl.duck import scalar
+from patient_etl.entities.spec import MAX_GROUP_INDEX, Entity, match_key_sql
+from patient_etl.workspace import StageDb, checked_value
+
+
+def normalize(db: StageDb, entity: Entity) -> int:
+    """Create the entity's table in its own database from the checked rows that did not error; return
+    its row count."""
+    con, checked, outcome, table = db.con, db.checked(entity.name), db.outcome(entity.name), db.normalized(entity.name)
+    available = {r[0] for r in con.execute(f"SELECT * FROM {checked} LIMIT 0").description}
+    typed: dict[str, str] = {}
+    for f in entity.fields:
+        if checked_value(f.name) in available:
+            expr = f.kind.normalize_sql.format(value=f"c.{checked_value(f.name)}")
+            typed[f.name] = f"CAST({expr} AS {f.kind.sql_type})"
+        else:
+            typed[f.name] = f"CAST(NULL AS {f.kind.sql_type})"
+    groups = {}
+    for group in entity.groups:
+        items = []
+        for index in range(MAX_GROUP_INDEX + 1):
+            members = [(f, group.column(f.name, index)) for f in group.fields]
+            if not any(checked_value(col) in available for _, col in members):
+                continue
+            values = [
+                (f.name, f.kind.normalize_sql.format(value=f"c.{checked_value(col)}") if checked_value(col) in available
+                 else "NULL")
+                for f, col in members
+            ]
+            items.append(values[0][1] if len(values) == 1 else
+                         "struct_pack(" + ", ".join(f"{n} := {v}" for n, v in values) + ")")
+        if not items:
+            groups[group.stored_as] = "CAST(NULL AS VARCHAR)"
+            continue
+        test = "x IS NOT NULL" if len(group.fields) == 1 else " OR ".join(
+            f"x.{f.name} IS NOT NULL" for f in group.fields)
+        listed = f"list_filter([{', '.join(items)}], lambda x: {test})"
+        groups[group.stored_as] = f"CASE WHEN len({listed}) > 0 THEN CAST(to_json({listed}) AS VARCHAR) END"
+    selects = [f"{expr} AS {name}" for name, expr in typed.items()]
+    selects += [f"{expr} AS {name}" for name, expr in groups.items()]
+    selects.append("CAST(c.extra AS VARCHAR) AS extra")
+    con.execute(f"""
+        CREATE OR REPLACE TABLE {table} AS
+        SELECT *{f", {match_key_sql(entity)} AS match_key" if entity.match_on else ""}
+        FROM (SELECT c.rid, c.file_index, c.row_number, {', '.join(selects)}
+              FROM {checked} c JOIN {outcome} o USING (rid)
+              WHERE NOT o.errored)
+    """)
+    return scalar(con, f"SELECT count(*) FROM {table}")
