@@ -99,7 +99,12 @@ def group_indexes(entity: Entity, present: list[str]):
 
 @cache
 def _context():
-    return gx.get_context(mode="ephemeral")
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    context = gx.get_context(mode="ephemeral")
+    # GX draws a progress bar per validation on stderr: noise in the CLI and in every step's log.
+    context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
+    return context
 
 
 _runs = iter(range(1, 1 << 62))
