@@ -50,6 +50,11 @@ class Home:
         return self.root / "batches"
 
     @property
+    def dagster(self) -> Path:
+        """The Dagster instance of this home (used when DAGSTER_HOME is not set)."""
+        return self.root / "dagster"
+
+    @property
     def embedded_target_url(self) -> str:
         return f"sqlite:///{self.root / 'target.sqlite'}"
 
@@ -88,6 +93,7 @@ class Batch:
     history: list[dict] = field(default_factory=list)
     dry_run: bool = False
     remote: dict = field(default_factory=dict)  # SFTP: names retired from pending, results delivered
+    failure: str | None = None  # for a Failed batch: "file" (the partner's file) or "run" (ours to fix)
 
     @property
     def display_name(self) -> str:
@@ -103,10 +109,12 @@ class Batch:
 
 
 def partition_key(source: str, name: str, fingerprint: str, when: dt.datetime) -> str:
-    """A partition key that is readable, unique and safe: no `..`, no control characters, no slashes."""
-    stem = re.sub(r"[^A-Za-z0-9]+", "-", Path(name).stem).strip("-")[:40] or "file"
+    """A partition key that is short, readable, unique and safe: date, source, the file's name, a short
+    hash (`20261122-sftp-roster-march-3f9a1c2e`); no `..`, no control characters, no slashes. Short
+    enough that the UI shows it whole."""
+    stem = re.sub(r"[^A-Za-z0-9]+", "-", Path(name).stem).strip("-")[:24].strip("-") or "file"
     digest = hashlib.sha256(f"{source}|{fingerprint}".encode()).hexdigest()[:8]
-    return f"{when:%Y%m%d-%H%M%S}-{source}-{stem}-{digest}"
+    return f"{when:%Y%m%d}-{source}-{stem}-{digest}"
 
 
 def _write_json(path: Path, payload: dict) -> None:
@@ -159,6 +167,9 @@ class Registry:
         batch.history.append({"status": status, "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")})
         self.save(batch)
         return batch
+
+    def ids(self) -> list[str]:
+        return sorted(p.stem for p in self.home.registry.glob("*.json"))
 
     def all(self) -> list[Batch]:
         return [b for p in sorted(self.home.registry.glob("*.json")) if (b := self.get(p.stem))]

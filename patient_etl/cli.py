@@ -1,6 +1,8 @@
-"""`patient-etl`: the same assets, run in-process on local files.
+"""`patient-etl`: the same job the Dagster UI runs, launched from the command line, in this home's instance.
 
-Exit codes: 0 the batch finished (row errors included), 2 it failed at file level, 1 internal error.
+Exit codes: 0 the batch finished (row errors included); 2 it failed at file level, or the command was
+used wrongly (a missing file, an unknown template or batch); 1 an internal error (the batch is then
+Failed with its reason, and the same failure path as in Dagster wrote its results file).
 """
 
 from __future__ import annotations
@@ -10,21 +12,57 @@ import csv
 import datetime as dt
 import hashlib
 import json
+import logging
 import os
 import shutil
+import subprocess
 import sys
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import dagster as dg
 from dagster._core.storage.defs_state.base import set_defs_state_storage
 
-from patient_etl.batches import FINAL_STATUSES, Home, SourceFile
+from patient_etl.batches import Home, SourceFile
 from patient_etl.entities import ENTITIES, entity_named
-from patient_etl.resources import PartnerSftp, PatientEtl, partner_sftp_from_env
+from patient_etl.failure import end_failed_run
+from patient_etl.resources import PartnerSftp, PatientEtl, patient_etl_from_env
 from patient_etl.staging.mappings import MappingError, load_mapping, resolve
 
 REPO_DATA = Path(__file__).resolve().parents[1] / "data"
 DEMO_HOME = "patient_etl_demo"
+INPUT_SUFFIXES = (".csv", ".txt", ".zip")
+COUNTED = ("Created", "Updated", "Unchanged", "Errored")
+LOCAL_INSTANCE = """\
+# The Dagster instance of this PATIENT_ETL_HOME, written by patient-etl on first use: runs, events and
+# schedules are kept in SQLite files in this folder. `patient-etl import` and `patient-etl ui` both use
+# it, so every batch run from the command line is visible in the UI. Production sets DAGSTER_HOME to
+# a folder holding the repository's PostgreSQL dagster.yaml instead.
+telemetry:
+  enabled: false
+"""
+log = logging.getLogger("patient_etl")
+
+
+class UsageError(Exception):
+    """The command was used wrongly: exit 2 with the reason."""
+
+
+@contextmanager
+def home_instance(home: Home):
+    """DAGSTER_HOME's instance when it is set, else this home's own (created on first use)."""
+    if os.environ.get("DAGSTER_HOME"):
+        with dg.DagsterInstance.get() as instance:
+            yield instance
+        return
+    folder = home.dagster
+    folder.mkdir(parents=True, exist_ok=True)
+    config = folder / "dagster.yaml"
+    if not config.exists():
+        config.write_text(LOCAL_INSTANCE)
+    with dg.DagsterInstance.from_config(str(folder)) as instance:
+        yield instance
 
 
 def expand(paths: list[str]) -> list[Path]:
@@ -32,18 +70,18 @@ def expand(paths: list[str]) -> list[Path]:
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            files += sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in (".csv", ".txt", ".zip"))
+            files += sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in INPUT_SUFFIXES)
         elif path.is_file():
             files.append(path)
         else:
-            raise FileNotFoundError(f"no such file or folder: {raw}")
+            raise UsageError(f"no such file or folder: {raw}")
     if not files:
-        raise FileNotFoundError("no files to import")
+        raise UsageError("no files to import")
     return files
 
 
 def import_batch(paths: list[str], etl: PatientEtl, dry_run: bool = False, mapping: str | None = None,
-                 instance: dg.DagsterInstance | None = None) -> dict:
+                 instance: dg.DagsterInstance | None = None, verbose: bool = False) -> dict:
     """Register the files as one batch, run the whole flow on it in-process, return the outcome."""
     if mapping:  # a bad template is refused before anything is registered; a path is kept absolute
         template = load_mapping(mapping)
@@ -54,49 +92,47 @@ def import_batch(paths: list[str], etl: PatientEtl, dry_run: bool = False, mappi
     fingerprint = hashlib.sha256(json.dumps([[s.location, s.size, s.mtime_ns] for s in sources]).encode()
                                  + now.isoformat().encode() + os.urandom(8)).hexdigest()
     batch = etl.registry().register("cli", sources, fingerprint, mapping=mapping, now=now)
-    return run_batch(batch.batch_id, etl, dry_run=dry_run, instance=instance)
+    return run_batch(batch.batch_id, etl, dry_run=dry_run, instance=instance, verbose=verbose)
 
 
-def run_batch(batch_id: str, etl: PatientEtl, dry_run: bool = False,
-              instance: dg.DagsterInstance | None = None, sftp: PartnerSftp | None = None) -> dict:
-    """Run the whole flow on a registered batch in-process (a first run, or a reprocess)."""
+def run_batch(batch_id: str, etl: PatientEtl, dry_run: bool = False, instance: dg.DagsterInstance | None = None,
+              sftp: PartnerSftp | None = None, verbose: bool = False) -> dict:
+    """Run `import_job` on a registered batch in-process (a first run, or a reprocess), in `instance`
+    (by default this home's); a failed run ends its batch through the one failure path."""
     from patient_etl.definitions import build_defs
 
     if instance is None:
-        with (dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()) as own:
-            return run_batch(batch_id, etl, dry_run, own, sftp)
-    instance.add_dynamic_partitions("batches", [batch_id])
-    defs = build_defs()
+        with home_instance(etl.home_dir()) as own:
+            return run_batch(batch_id, etl, dry_run, own, sftp, verbose)
+    registry = etl.registry()
+    registry.require(batch_id)
+    if not instance.has_dynamic_partition("batches", batch_id):
+        instance.add_dynamic_partitions("batches", [batch_id])
+    resources: dict = {"etl": etl}
+    if sftp is not None:
+        resources["sftp"] = sftp
+    job = build_defs(resources).resolve_job_def("import_job")
+    run_config: dict = {"ops": {"published_batch": {"config": {"dry_run": dry_run}}}}
+    if not verbose:  # the summary is the output; Dagster's own log stays in the instance
+        run_config["loggers"] = {"console": {"config": {"log_level": "CRITICAL"}}}
     # Definitions resolve their state against the current instance's storage; in a process that has
     # opened other instances before (tests, notebooks) that may be a closed one: name ours.
     with set_defs_state_storage(instance.defs_state_storage):
-        result = _materialize(defs, batch_id, etl, dry_run, instance, sftp)
-    batch = etl.registry().require(batch_id)
-    status = batch.status if batch.status in FINAL_STATUSES else "Error"
-    if not result.success and status != "Failed":
-        status = "Error"
+        result = job.execute_in_process(instance=instance, partition_key=batch_id, run_config=run_config,
+                                        tags={"launched_by": "cli"}, raise_on_error=False)
+    if not result.success:
+        end_failed_run(log, etl, instance, result.dagster_run)
+    batch = registry.require(batch_id)
     return {
         "batch_id": batch.batch_id,
-        "status": status,
-        "counts": {k: batch.counts.get(k, 0) for k in ("Created", "Updated", "Unchanged", "Errored")},
+        "status": batch.status if batch.status in ("Finished", "Finished with Errors") else "Failed",
+        "counts": {k: batch.counts.get(k, 0) for k in COUNTED},
         "results_file": batch.results_file,
         "reason": batch.reason,
+        "failure": batch.failure,
         "dry_run": dry_run,
         "run_id": result.run_id,
     }
-
-
-def _materialize(defs: dg.Definitions, batch_id: str, etl: PatientEtl, dry_run: bool,
-                 instance: dg.DagsterInstance, sftp: PartnerSftp | None) -> dg.ExecuteInProcessResult:
-    return dg.materialize(
-        [*defs.assets, *defs.asset_checks],
-        partition_key=batch_id,
-        instance=instance,
-        resources={"etl": etl, "sftp": sftp or partner_sftp_from_env()},
-        run_config={"ops": {"published_batch": {"config": {"dry_run": dry_run}}}},
-        raise_on_error=False,
-        tags={"source": "cli"},
-    )
 
 
 def _print_outcome(outcome: dict, as_json: bool) -> int:
@@ -112,7 +148,71 @@ def _print_outcome(outcome: dict, as_json: bool) -> int:
             print(f"  {counts}")
         if outcome["results_file"]:
             print(f"  results: {outcome['results_file']}")
-    return {"Failed": 2, "Error": 1}.get(outcome["status"], 0)
+    if outcome["status"] != "Failed":
+        return 0
+    return 2 if outcome.get("failure") == "file" else 1
+
+
+def _batch_summary(batch) -> dict:
+    return {
+        "batch_id": batch.batch_id, "source": batch.source, "files": [f.name for f in batch.files],
+        "status": batch.status, "counts": {k: batch.counts.get(k, 0) for k in COUNTED},
+        "received": batch.registered_at,
+        "finished": batch.history[-1]["at"] if batch.history and not batch.is_pending else None,
+    }
+
+
+def list_batches(etl: PatientEtl, status: str | None, as_json: bool) -> int:
+    batches = [b for b in etl.registry().all() if status is None or b.status.lower() == status.lower()]
+    rows = [_batch_summary(b) for b in sorted(batches, key=lambda b: b.registered_at)]
+    if as_json:
+        print(json.dumps(rows))
+        return 0
+    if not rows:
+        print("no batches" + (f" with status {status!r}" if status else ""))
+        return 0
+    print(f"{'batch':44} {'source':7} {'status':21} {'created':>8} {'updated':>8} {'unchanged':>9} "
+          f"{'errored':>8}  received")
+    for r in rows:
+        c = r["counts"]
+        print(f"{r['batch_id']:44} {r['source']:7} {r['status']:21} {c['Created']:>8} {c['Updated']:>8} "
+              f"{c['Unchanged']:>9} {c['Errored']:>8}  {r['received']}")
+    return 0
+
+
+def show_batch(etl: PatientEtl, batch_id: str, as_json: bool) -> int:
+    batch = etl.registry().get(batch_id)
+    if batch is None:
+        raise UsageError(f"no batch {batch_id!r} in {etl.home_dir().registry}")
+    detail = {**_batch_summary(batch), "reason": batch.reason, "mapping": batch.mapping,
+              "results_file": batch.results_file, "dry_run": batch.dry_run,
+              "landed": [{"name": i["name"], "size": i["size"], "sha256": i["sha256"]} for i in batch.landed],
+              "history": batch.history}
+    if as_json:
+        print(json.dumps(detail))
+        return 0
+    print(f"Batch {batch.batch_id}: {batch.status}")
+    for key in ("source", "files", "received", "finished", "mapping", "reason", "results_file"):
+        if detail[key]:
+            print(f"  {key}: {', '.join(detail[key]) if isinstance(detail[key], list) else detail[key]}")
+    print("  counts: " + ", ".join(f"{k} {v}" for k, v in detail["counts"].items()))
+    for item in detail["landed"]:
+        print(f"  landed: {item['name']} ({item['size']:,} bytes, sha256 {item['sha256'][:16]}...)")
+    print("  history: " + " -> ".join(f"{h['status']} ({h['at']})" for h in batch.history))
+    return 0
+
+
+def run_ui(home: Home, port: int) -> int:
+    """The Dagster UI and daemon for this code location, on 127.0.0.1, with this home's instance."""
+    env = {**os.environ, "PATIENT_ETL_HOME": str(home.root)}
+    if not env.get("DAGSTER_HOME"):
+        with home_instance(home):  # creates the folder and its dagster.yaml on first use
+            pass
+        env["DAGSTER_HOME"] = str(home.dagster)
+    dagster = shutil.which("dagster") or str(Path(sys.executable).parent / "dagster")
+    command = [dagster, "dev", "-m", "patient_etl.definitions", "-h", "127.0.0.1", "-p", str(port)]
+    print(f"Dagster UI on http://127.0.0.1:{port} (instance {env['DAGSTER_HOME']}); Ctrl-C stops it")
+    return subprocess.call(command, env=env)
 
 
 def write_template(entity_name: str, out: Path) -> tuple[Path, Path]:
@@ -149,7 +249,9 @@ def run_demo() -> int:
     _print_outcome(first, False)
     second = import_batch([str(REPO_DATA / "demo" / "roster_tuesday.csv")], etl)
     print("Tuesday's roster (sample with deliberate mistakes):")
-    return _print_outcome(second, False)
+    code = _print_outcome(second, False)
+    print(f"See every batch: PATIENT_ETL_HOME={home} patient-etl batches; the UI: ... patient-etl ui")
+    return code
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -161,10 +263,25 @@ def main(argv: list[str] | None = None) -> int:
     imp.add_argument("--mapping", help="a saved mapping template: name in data/mappings or a YAML path")
     imp.add_argument("--dry-run", action="store_true", help="validate and report would-be outcomes; write nothing")
     imp.add_argument("--json", action="store_true", help="print one JSON object")
+    imp.add_argument("--verbose", action="store_true", help="show Dagster's log of the run")
+    lst = sub.add_parser("batches", help="list the batches of this home")
+    lst.add_argument("--status", help="only batches with this status (e.g. Failed, \"Finished with Errors\")")
+    lst.add_argument("--json", action="store_true")
+    show = sub.add_parser("show", help="one batch: status, counts, reason, files, history")
+    show.add_argument("batch")
+    show.add_argument("--json", action="store_true")
+    rerun = sub.add_parser("rerun", help="reprocess a batch from its landed copy (a Failed one too)")
+    rerun.add_argument("batch")
+    rerun.add_argument("--json", action="store_true")
+    rerun.add_argument("--verbose", action="store_true")
+    ui = sub.add_parser("ui", help="the Dagster UI and daemon on this home's instance, on 127.0.0.1")
+    ui.add_argument("--port", type=int, default=3000)
     tpl = sub.add_parser("template", help="write the CSV template and its column notes")
     tpl.add_argument("entity", help=f"roster or one of: {', '.join(ENTITIES)}")
     tpl.add_argument("--out", default=".", help="folder to write into")
     args = parser.parse_args(argv)
+    if not getattr(args, "verbose", False):
+        warnings.filterwarnings("ignore")  # Dagster's beta/preview notices are not the user's concern
 
     try:
         if args.command == "demo":
@@ -173,12 +290,22 @@ def main(argv: list[str] | None = None) -> int:
             template, notes = write_template(args.entity, Path(args.out))
             print(f"{template}\n{notes}")
             return 0
-        etl = PatientEtl(home=os.environ.get("PATIENT_ETL_HOME"), target_url=os.environ.get("PATIENT_ETL_TARGET_URL"))
-        outcome = import_batch(args.paths, etl, dry_run=args.dry_run, mapping=args.mapping)
+        etl = patient_etl_from_env(resolve=True)
+        if args.command == "batches":
+            return list_batches(etl, args.status, args.json)
+        if args.command == "show":
+            return show_batch(etl, args.batch, args.json)
+        if args.command == "ui":
+            return run_ui(etl.home_dir(), args.port)
+        if args.command == "rerun":
+            if etl.registry().get(args.batch) is None:
+                raise UsageError(f"no batch {args.batch!r} in {etl.home_dir().registry}")
+            return _print_outcome(run_batch(args.batch, etl, verbose=args.verbose), args.json)
+        outcome = import_batch(args.paths, etl, dry_run=args.dry_run, mapping=args.mapping, verbose=args.verbose)
         return _print_outcome(outcome, args.json)
-    except (FileNotFoundError, KeyError, MappingError) as exc:
-        print(f"patient-etl: {exc}", file=sys.stderr)
-        return 1
+    except (UsageError, KeyError, MappingError) as exc:
+        print(f"patient-etl: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

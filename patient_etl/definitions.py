@@ -1,29 +1,42 @@
-"""The code location: the flow's stages, assembled, with the shared resources."""
+"""The code location: the flow's stages, assembled, with the shared resources and policy."""
+
+from __future__ import annotations
 
 import dagster as dg
 
-from patient_etl import schedules
+from patient_etl import failure, partitions, schedules
 from patient_etl.jobs import import_job
 from patient_etl.normalize import assets as normalize_assets
 from patient_etl.publish import assets as publish_assets
 from patient_etl.quality import assets as quality_assets
+from patient_etl.quality import checks as quality_checks
 from patient_etl.resources import partner_sftp_from_env, patient_etl_from_env
 from patient_etl.sources import assets as source_assets
 from patient_etl.sources import delivery, sensors
 from patient_etl.staging import assets as staging_assets
 
 
-def build_defs() -> dg.Definitions:
+def build_defs(resources: dict | None = None) -> dg.Definitions:
+    """`resources` replace the ones built from the environment (the CLI and tests pass their own)."""
     return dg.Definitions.merge(
         source_assets.defs(),
         staging_assets.defs(),
         quality_assets.defs(),
+        quality_checks.defs(),
         normalize_assets.defs(),
         publish_assets.defs(),
         delivery.defs(),
         sensors.defs(),
         schedules.defs(),
-        dg.Definitions(jobs=[import_job], resources={"etl": patient_etl_from_env(), "sftp": partner_sftp_from_env()}),
+        dg.Definitions(
+            jobs=[import_job],
+            sensors=[failure.batch_failure_sensor, partitions.batch_partitions_sensor],
+            resources={"etl": patient_etl_from_env(), "sftp": partner_sftp_from_env(), **(resources or {})},
+            # Every launch (the job, asset-graph Materialize, backfills) runs a batch in one process: a
+            # step process would spend seconds importing the code location, a dozen times, and DuckDB
+            # already uses both cores; batches run side by side as separate runs.
+            executor=dg.in_process_executor,
+        ),
     )
 
 

@@ -1,10 +1,21 @@
-"""How a batch ends Failed, whichever stage it failed in: a results file carrying the reason, the batch
-log in the target, the registry's status and the webhook. Nothing of the batch is published.
+"""How a batch ends Failed, whichever stage it failed in and whoever launched the run.
 
-The reason is written for partners and engineers and names no row values.
+One path: a results file carrying the reason, the batch log in the target, the registry's status and
+the webhook; nothing of the batch is published. A file-level problem ends its batch from the staging
+step itself (the partner's file is at fault; retrying cannot help). Any other failed run (the target
+unreachable, a bug, a killed run) is ended by `end_failed_run`, which the run-failure sensor calls for
+runs launched through the instance (sensors, schedules, backfills, the UI) and the CLI calls for its
+own in-process runs. A Failed batch is never retried by the nightly schedule; `patient-etl rerun` or a
+backfill reprocesses it.
+
+Reasons are written for partners and engineers and name no row values: a step that failed with our
+own `dg.Failure` gives its description (made PHI-safe by `errors.phi_safe`); anything else gives only
+the exception's type.
 """
 
 from __future__ import annotations
+
+import dagster as dg
 
 from patient_etl import results
 from patient_etl.batches import Batch
@@ -12,8 +23,10 @@ from patient_etl.entities import ENTITIES
 from patient_etl.publish.target import Target
 from patient_etl.resources import PatientEtl
 
+PARTITION_TAG = "dagster/partition"
 
-def fail_batch(log, etl: PatientEtl, batch: Batch, reason: str) -> Batch:
+
+def fail_batch(log, etl: PatientEtl, batch: Batch, reason: str, failure: str = "file") -> Batch:
     """Record `batch` as Failed with `reason`; return it as saved."""
     path = results.write_failed(etl.home_dir().results, batch, reason)
     target = Target(etl.target())
@@ -22,8 +35,49 @@ def fail_batch(log, etl: PatientEtl, batch: Batch, reason: str) -> Batch:
             target.serialize_publishes(conn)
             target.create_schema(conn, list(ENTITIES.values()))
             target.write_batch_row(conn, results.batch_row(batch, "Failed", {}, path.name, reason))
+    except Exception as exc:  # the target may be what failed: the results file and registry still say why
+        log.warning(f"batch {batch.batch_id}: the Failed status could not be written to the target "
+                    f"({type(exc).__name__})")
     finally:
         target.dispose()
-    batch = etl.registry().set_status(batch, "Failed", reason=reason, results_file=str(path), counts={})
+    batch = etl.registry().set_status(batch, "Failed", reason=reason, results_file=str(path), counts={},
+                                      failure=failure)
     etl.notify(log, batch)
     return batch
+
+
+def run_failure_reason(instance: dg.DagsterInstance, run_id: str) -> str:
+    """Why a run failed, from its step failures, without row values."""
+    records = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.STEP_FAILURE).records
+    for record in records:
+        event = record.event_log_entry.dagster_event
+        data = event.step_failure_data if event else None
+        if data is None:
+            continue
+        step = event.step_key or "a step"
+        if data.user_failure_data is not None and data.user_failure_data.description:
+            return data.user_failure_data.description
+        error = data.error
+        kind = error.cls_name if error is not None else "an error"
+        return f"step {step} failed with {kind}; see run {run_id} in Dagster"
+    return f"run {run_id} failed before any step reported an error (it may have been stopped or killed)"
+
+
+def end_failed_run(log, etl: PatientEtl, instance: dg.DagsterInstance, run: dg.DagsterRun) -> Batch | None:
+    """End the batch of a failed run as Failed, unless it already ended (Failed at file level, or its
+    publish had finished before a later step failed). Returns the batch when it was ended here."""
+    batch_id = run.tags.get(PARTITION_TAG)
+    batch = etl.registry().get(batch_id) if batch_id else None
+    if batch is None or not batch.is_pending:
+        return None
+    return fail_batch(log, etl, batch, run_failure_reason(instance, run.run_id), failure="run")
+
+
+@dg.run_failure_sensor(name="batch_failure_sensor", minimum_interval_seconds=15,
+                       default_status=dg.DefaultSensorStatus.RUNNING)
+def batch_failure_sensor(context: dg.RunFailureSensorContext, etl: PatientEtl):
+    """Every failed batch run ends its batch Failed: results file, batch log, webhook, delivery."""
+    batch = end_failed_run(context.log, etl, context.instance, context.dagster_run)
+    if batch is None:
+        return dg.SkipReason(f"run {context.dagster_run.run_id}: its batch had already ended")
+    return None

@@ -11,7 +11,4 @@ import_job = dg.define_asset_job(
     selection=dg.AssetSelection.groups(*FLOW),
     partitions_def=batches,
     description="Land, stage, check, normalize and publish one batch.",
-    # One process per run: a step process would spend ~5 s importing the code location, 12 times, and
-    # DuckDB already uses both cores; batches run side by side as separate runs.
-    executor_def=dg.in_process_executor,
 )

@@ -54,19 +54,28 @@ class PatientEtl(dg.ConfigurableResource):
             log.warning(f"webhook for batch {batch.batch_id} not delivered: {problem}")
 
 
-def patient_etl_from_env() -> PatientEtl:
-    """Built when the code location loads: only the presence of a variable is read here, its value
-    is resolved by Dagster at run time."""
+# The settings every launcher honours: field -> (environment variable, int?).
+SETTINGS = {
+    "home": ("PATIENT_ETL_HOME", False),
+    "target_url": ("PATIENT_ETL_TARGET_URL", False),
+    "webhook_url": ("PATIENT_ETL_WEBHOOK_URL", False),
+    "webhook_secret": ("PATIENT_ETL_WEBHOOK_SECRET", False),
+    "max_file_bytes": ("PATIENT_ETL_MAX_FILE_BYTES", True),
+}
+
+
+def patient_etl_from_env(resolve: bool = False) -> PatientEtl:
+    """The settings from the environment. In the code location (`resolve=False`) only the presence of
+    a variable is read here; Dagster resolves its value at run time through `dg.EnvVar`. The CLI, which
+    is its own launcher, resolves them now (`resolve=True`), from the same variables."""
     env = {}
-    if "PATIENT_ETL_HOME" in os.environ:
-        env["home"] = dg.EnvVar("PATIENT_ETL_HOME")
-    if "PATIENT_ETL_TARGET_URL" in os.environ:
-        env["target_url"] = dg.EnvVar("PATIENT_ETL_TARGET_URL")
-    for name in ("webhook_url", "webhook_secret"):
-        if f"PATIENT_ETL_{name.upper()}" in os.environ:
-            env[name] = dg.EnvVar(f"PATIENT_ETL_{name.upper()}")
-    if "PATIENT_ETL_MAX_FILE_BYTES" in os.environ:
-        env["max_file_bytes"] = dg.EnvVar.int("PATIENT_ETL_MAX_FILE_BYTES")
+    for name, (variable, is_int) in SETTINGS.items():
+        if variable not in os.environ:
+            continue
+        if resolve:
+            env[name] = int(os.environ[variable]) if is_int else os.environ[variable]
+        else:
+            env[name] = dg.EnvVar.int(variable) if is_int else dg.EnvVar(variable)
     return PatientEtl(**env)
 
 

@@ -17,6 +17,8 @@ from patient_etl.resources import PatientEtl
 
 DATA = Path(__file__).parent / "data"
 PG_ADMIN_URL = os.environ.get("PATIENT_ETL_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+# Each test's database is <prefix><random>: a shared server can tell runs (and their leftovers) apart.
+PG_DB_PREFIX = os.environ.get("PATIENT_ETL_TEST_DB_PREFIX", "pe_test_")
 
 
 def _admin() -> psycopg.Connection:
@@ -37,7 +39,7 @@ def _no_stale_dagster_state_storage():
 @pytest.fixture
 def pg_url() -> Iterator[str]:
     """A PostgreSQL database of this test's own, dropped afterwards."""
-    name = f"pe_test_{uuid.uuid4().hex[:12]}"
+    name = f"{PG_DB_PREFIX}{uuid.uuid4().hex[:12]}"
     with _admin() as conn:
         conn.execute(f"CREATE DATABASE {name}")
     url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"

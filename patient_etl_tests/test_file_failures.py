@@ -102,4 +102,4 @@ def test_cli_exit_codes_and_json(tmp_path, home, monkeypatch, capsys):
     bad = write_csv(tmp_path / "bad.csv", "id,First Name", "1,A")
     assert main(["import", str(bad), "--json"]) == 2
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["status"] == "Failed"
-    assert main(["import", str(tmp_path / "nope.csv")]) == 1
+    assert main(["import", str(tmp_path / "nope.csv")]) == 2, "a usage error"

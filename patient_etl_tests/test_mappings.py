@@ -59,7 +59,7 @@ def test_bad_templates_are_refused_on_load(tmp_path, text, message):
 def test_unknown_template_name_lists_the_saved_ones(tmp_path, home, monkeypatch, capsys):
     monkeypatch.setenv("PATIENT_ETL_HOME", str(home))
     roster = write_csv(tmp_path / "r.csv", "first_name,last_name,birth_date,sex", "A,B,1980-01-01,F")
-    assert main(["import", str(roster), "--mapping", "nosuch"]) == 1
+    assert main(["import", str(roster), "--mapping", "nosuch"]) == 2, "a usage error"
     err = capsys.readouterr().err
     assert "no mapping template 'nosuch'" in err and "acme_ehr" in err and "synthea" in err
     assert not list((home / "batches").glob("*.json")), "nothing is registered for a refused template"
