@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from patient_etl.cli import run_batch
-from patient_etl.publish.target import KILL_BEFORE_COMMIT
+from patient_etl.target import KILL_BEFORE_COMMIT
 from patient_etl_tests.conftest import query, read_results, write_csv
 
 HEADER = "Patient ID,First Name,Last Name,DOB,Sex,City,Phone"

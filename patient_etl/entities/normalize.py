@@ -1,4 +1,4 @@
-"""Normalization and target DDL, derived from the entity spec.
+"""Normalization, derived from the entity spec (the target's tables are derived in `patient_etl.target`).
 
 The normalized table holds the rows that passed their checks, typed, with groups folded into JSON
 lists, unknown columns kept in `extra`, and, for entities that match without a key, `match_key`.
@@ -10,18 +10,6 @@ import duckdb
 
 from patient_etl.duck import scalar
 from patient_etl.entities.spec import Entity
-
-AUDIT_COLUMNS = ("created_batch_id", "updated_batch_id", "created_at", "updated_at")
-
-
-def stored_columns(entity: Entity) -> list[tuple[str, str, str]]:
-    """(name, DuckDB type, target type) of every stored, comparable column, key first."""
-    cols = [(f.name, f.kind.sql_type, f.kind.target_type) for f in entity.fields]
-    cols += [(g.stored_as, "VARCHAR", "TEXT") for g in entity.groups]
-    cols.append(("extra", "VARCHAR", "TEXT"))
-    if entity.match_on:
-        cols.append(("match_key", "VARCHAR", "TEXT"))
-    return cols
 
 
 def _name_part(expr: str) -> str:
@@ -84,15 +72,3 @@ def normalize(con: duckdb.DuckDBPyConnection, entity: Entity, checked: str, outc
               WHERE NOT o.errored)
     """)
     return scalar(con, f"SELECT count(*) FROM {entity.table}")
-
-
-def create_table_sql(entity: Entity) -> str:
-    """Target DDL. One text for PostgreSQL and SQLite (SQLite takes any type name by affinity)."""
-    lines = [f"{name} {target_type}" + (" PRIMARY KEY" if name == entity.key else "")
-             for name, _, target_type in stored_columns(entity)]
-    lines += ["created_batch_id TEXT", "updated_batch_id TEXT", "created_at TIMESTAMPTZ", "updated_at TIMESTAMPTZ"]
-    lines += [f"FOREIGN KEY ({ref.field}) REFERENCES {ref.entity} ({ref.field})" for ref in entity.references]
-    sql = f"CREATE TABLE IF NOT EXISTS {entity.table} (\n    " + ",\n    ".join(lines) + "\n);\n"
-    if entity.match_on:
-        sql += f"CREATE INDEX IF NOT EXISTS {entity.table}_match_key ON {entity.table} (match_key);\n"
-    return sql

@@ -6,8 +6,8 @@ from patient_etl.entities import ENTITIES
 from patient_etl.errors import phi_safe
 from patient_etl.partitions import batches
 from patient_etl.publish.batch import publish_batch
-from patient_etl.publish.target import safe_url
 from patient_etl.resources import PatientEtl
+from patient_etl.target import safe_url
 
 
 class PublishConfig(dg.Config):
@@ -23,7 +23,7 @@ def published_batch(context: dg.AssetExecutionContext, config: PublishConfig, et
     with phi_safe(etl.home_dir(), batch.batch_id, "publishing"):
         summary = publish_batch(etl.home_dir(), batch, etl.target(), dry_run=config.dry_run)
     batch = registry.set_status(batch, summary.status, counts=summary.counts, results_file=summary.results_file,
-                                reason=None, dry_run=config.dry_run)
+                                reason=summary.reason, dry_run=config.dry_run)
     if not config.dry_run:
         etl.notify(context.log, batch)
     counts = " · ".join(f"{status} **{n}**" for status, n in summary.counts.items())

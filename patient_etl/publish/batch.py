@@ -14,7 +14,7 @@ from patient_etl.entities import ENTITIES
 from patient_etl.entities.spec import Entity
 from patient_etl.publish import results
 from patient_etl.publish.references import check_references
-from patient_etl.publish.target import Target, maybe_die_before_commit, utc_now
+from patient_etl.target import TargetSchemaError, maybe_die_before_commit, open_target, utc_now
 
 STATUSES = ("Created", "Updated", "Unchanged", "Errored")
 
@@ -26,6 +26,7 @@ class PublishSummary:
     results_file: str
     errors_files: list[str] = field(default_factory=list)
     by_entity: dict[str, dict[str, int]] = field(default_factory=dict)
+    reason: str | None = None
 
 
 def publish_order(entities: list[Entity]) -> list[Entity]:
@@ -65,7 +66,7 @@ def publish_batch(home: Home, batch: Batch, target_url: str, dry_run: bool = Fal
     db = folder / "publish.duckdb"
     db.unlink(missing_ok=True)
     duck = duckdb.connect(str(db))
-    target = Target(target_url)
+    target = open_target(target_url, work_dir=folder)
     try:
         duck.execute(f"ATTACH '{folder / 'staged.duckdb'}' AS staged (READ_ONLY)")
         duck.execute(f"ATTACH '{folder / 'checks.duckdb'}' AS checks (READ_ONLY)")
@@ -74,10 +75,10 @@ def publish_batch(home: Home, batch: Batch, target_url: str, dry_run: bool = Fal
         for entity in entities:
             duck.execute(f"ATTACH '{folder / (entity.name + '.duckdb')}' AS ent_{entity.name} (READ_ONLY)")
         now = utc_now()
-        with target.engine.connect() as conn:
+        with target.connect() as conn:
             transaction = conn.begin()
             target.serialize_publishes(conn)
-            target.create_schema(conn, list(ENTITIES.values()))
+            target.migrate(conn, list(ENTITIES.values()))
             check_references(conn, target, duck, entities)
             for entity in entities:  # what is applied: the normalized rows whose references hold
                 duck.execute(f"""
@@ -107,6 +108,9 @@ def publish_batch(home: Home, batch: Batch, target_url: str, dry_run: bool = Fal
             for e in present
         }
         return PublishSummary(status, counts, str(results_file), errors_files, by_entity)
+    except TargetSchemaError as exc:  # nothing applied: the transaction rolled back with the connection
+        results_file = record_failure(home, batch, None if dry_run else target_url, exc.reason)
+        return PublishSummary("Failed", {s: 0 for s in STATUSES}, results_file, reason=exc.reason)
     finally:
         duck.close()
         target.dispose()
@@ -169,11 +173,11 @@ def record_failure(home: Home, batch: Batch, target_url: str | None, reason: str
         duck.close()
     path = results.link_into_place(tmp, final)
     if target_url:
-        target = Target(target_url)
+        target = open_target(target_url)
         try:
-            with target.engine.begin() as conn:
+            with target.begin() as conn:
                 target.serialize_publishes(conn)
-                target.create_schema(conn, list(ENTITIES.values()))
+                target.migrate(conn, [])  # the logs only: a failed batch is recorded even if an entity table is not
                 target.write_batch_row(conn, batch_row(batch, "Failed", {}, path.name, reason))
         finally:
             target.dispose()

@@ -12,15 +12,14 @@ import sqlalchemy as sa
 
 from patient_etl.entities import ENTITIES
 from patient_etl.entities.spec import Entity
-from patient_etl.publish.target import Target
+from patient_etl.target.base import Target
 
 
 def target_lookup(conn: sa.Connection, target: Target, duck: duckdb.DuckDBPyConnection, values_query: str,
                   table: str, key: str, into: str, extra: dict[str, str] | None = None) -> None:
     """`into(key, *extra)`: the keys of `values_query` that `table` in the target holds."""
     extra = extra or {}
-    conn.exec_driver_sql("DROP TABLE IF EXISTS ref_lookup")
-    conn.exec_driver_sql("CREATE TEMPORARY TABLE ref_lookup (key TEXT PRIMARY KEY)")
+    target.temp_table(conn, "ref_lookup", {"key": "text"}, primary_key="key")
     target.load(conn, duck, values_query, "ref_lookup", ["key"])
     columns = "".join(f", t.{c}" for c in extra)
     target.fetch(conn, duck, f"SELECT l.key{columns} FROM ref_lookup l JOIN {table} t ON t.{key} = l.key", into,
@@ -91,11 +90,9 @@ def _payments_over_billed(conn: sa.Connection, target: Target, duck: duckdb.Duck
                                       f"(SELECT claim_id FROM {claims})",
                   "claim", "claim_id", "target_claims", {"billed_amount": "DECIMAL(14,2)"})
     # What earlier batches already paid on those claims (this batch's own payments not counted twice).
-    conn.exec_driver_sql("DROP TABLE IF EXISTS ref_batch_eops")
-    conn.exec_driver_sql("CREATE TEMPORARY TABLE ref_batch_eops (eop_id TEXT PRIMARY KEY)")
+    target.temp_table(conn, "ref_batch_eops", {"eop_id": "text"}, primary_key="eop_id")
     target.load(conn, duck, "SELECT DISTINCT eop_id FROM ent_eop.eop", "ref_batch_eops", ["eop_id"])
-    conn.exec_driver_sql("DROP TABLE IF EXISTS ref_lookup")
-    conn.exec_driver_sql("CREATE TEMPORARY TABLE ref_lookup (key TEXT PRIMARY KEY)")
+    target.temp_table(conn, "ref_lookup", {"key": "text"}, primary_key="key")
     target.load(conn, duck, "SELECT DISTINCT claim_id AS key FROM ent_eop.eop", "ref_lookup", ["key"])
     target.fetch(conn, duck, """
         SELECT e.claim_id, sum(e.paid_amount) FROM eop e JOIN ref_lookup l ON l.key = e.claim_id
