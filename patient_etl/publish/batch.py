@@ -109,7 +109,7 @@ def publish_batch(home: Home, batch: Batch, target_url: str, dry_run: bool = Fal
         }
         return PublishSummary(status, counts, str(results_file), errors_files, by_entity)
     except TargetSchemaError as exc:  # nothing applied: the transaction rolled back with the connection
-        results_file = record_failure(home, batch, None if dry_run else target_url, exc.reason)
+        results_file = record_failure(home, batch, None if dry_run else target_url, exc.reason, "target")
         return PublishSummary("Failed", {s: 0 for s in STATUSES}, results_file, reason=exc.reason)
     finally:
         duck.close()
@@ -161,24 +161,21 @@ def _write_errors_files(home: Home, duck: duckdb.DuckDBPyConnection, batch: Batc
     return written
 
 
-def record_failure(home: Home, batch: Batch, target_url: str | None, reason: str) -> str:
-    """A batch that failed at file level: a results file saying why, and the batch log; no data."""
+def record_failure(home: Home, batch: Batch, target_url: str | None, reason: str, scope: str = "file") -> str:
+    """A batch that failed at file level (or `scope`): a results file saying why, and the batch log; no data."""
     tmp, final = results.claim_name(home.results, _results_base(batch, False))
     duck = duckdb.connect()
     try:
         results.write_csv(duck, f"""
             SELECT NULL::BIGINT AS row_number, NULL AS entity, NULL AS external_id, 'Failed' AS status,
-                   {results.neutralize('?')} AS messages""".replace("?", _sql_literal("error: file: " + reason)), tmp)
+                   {results.neutralize('?')} AS messages""".replace("?", _sql_literal(f"error: {scope}: " + reason)), tmp)
     finally:
         duck.close()
     path = results.link_into_place(tmp, final)
     if target_url:
         target = open_target(target_url)
         try:
-            with target.begin() as conn:
-                target.serialize_publishes(conn)
-                target.migrate(conn, [])  # the logs only: a failed batch is recorded even if an entity table is not
-                target.write_batch_row(conn, batch_row(batch, "Failed", {}, path.name, reason))
+            target.record_batch(batch_row(batch, "Failed", {}, path.name, reason), list(ENTITIES.values()))
         finally:
             target.dispose()
     return str(path)

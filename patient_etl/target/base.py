@@ -306,5 +306,17 @@ class Target:
                    "changed_fields"])
         self.write_batch_row(conn, batch_row)
 
+    def record_batch(self, batch_row: dict, entities: list[Entity]) -> None:
+        """A batch log row alone, in a transaction of its own (a batch that failed before publish). The
+        schema is migrated as far as it can be: an entity table that differs from the spec does not stop
+        the batch, which may have failed for that very reason, from being recorded."""
+        with self.begin() as conn:
+            self.serialize_publishes(conn)
+            try:
+                self.migrate(conn, entities)
+            except TargetSchemaError:  # raised before anything was applied
+                self.migrate(conn, [])
+            self.write_batch_row(conn, batch_row)
+
     def write_batch_row(self, conn: sa.Connection, batch_row: dict) -> None:
         conn.execute(sa.text((SQL_DIR / "upsert_batch_log.sql").read_text()), batch_row)
