@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -216,3 +218,11 @@ def test_publishes_are_serialized(target):
         transaction.commit()
     thread.join(timeout=60)
     assert acquired and acquired[0] >= released
+
+
+def test_loading_the_code_location_does_not_open_the_target_implementations():
+    code = ("import sys, patient_etl.definitions; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'psycopg' or m.startswith('patient_etl.target.')))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert loaded.returncode == 0, loaded.stderr[-2000:]
+    assert loaded.stdout.strip() == "[]"

@@ -7,12 +7,17 @@ Results go to `ref_messages(entity, rid, severity, message)` in the publish Duck
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import duckdb
-import sqlalchemy as sa
 
 from patient_etl.entities import ENTITIES
 from patient_etl.entities.spec import Entity
-from patient_etl.target.base import Target
+
+if TYPE_CHECKING:  # the target's implementations (and SQLAlchemy) load when a publish opens one
+    import sqlalchemy as sa
+
+    from patient_etl.target.base import Target
 
 
 def target_lookup(conn: sa.Connection, target: Target, duck: duckdb.DuckDBPyConnection, values_query: str,
