@@ -1,7 +1,11 @@
 -- Generated from the entity spec by `python -m patient_etl.target.ddl`, not by hand.
 -- Publish runs it per batch: incoming_/outcome_ are its temporary tables. The same on SQLite.
-INSERT INTO eop (eop_id, claim_id, payment_date, paid_amount, patient_responsibility, adjustment_amount, adjustment_codes, check_number, extra, created_batch_id, updated_batch_id, created_at, updated_at)
-SELECT s.eop_id, s.claim_id, s.payment_date, s.paid_amount, s.patient_responsibility, s.adjustment_amount, s.adjustment_codes, s.check_number, s.extra, :batch_id, :batch_id, :now, :now
+INSERT INTO eop (
+    eop_id, claim_id, payment_date, paid_amount, patient_responsibility, adjustment_amount,
+    adjustment_codes, check_number, extra, created_batch_id, updated_batch_id, created_at,
+    updated_at)
+SELECT s.eop_id, s.claim_id, s.payment_date, s.paid_amount, s.patient_responsibility, s.adjustment_amount,
+    s.adjustment_codes, s.check_number, s.extra, :batch_id, :batch_id, :now, :now
 FROM incoming_eop s JOIN outcome_eop o ON o.rid = s.rid
 WHERE o.status IN ('Created', 'Updated')
 ON CONFLICT (eop_id) DO UPDATE SET

@@ -1,7 +1,12 @@
 -- Generated from the entity spec by `python -m patient_etl.target.ddl`, not by hand.
 -- Publish runs it per batch: incoming_/outcome_ are its temporary tables. The same on SQLite.
-INSERT INTO member (member_id, first_name, middle_name, last_name, birth_date, sex, ssn, family_id, relationship, addresses, emails, phones, extra, match_key, created_batch_id, updated_batch_id, created_at, updated_at)
-SELECT s.member_id, s.first_name, s.middle_name, s.last_name, s.birth_date, s.sex, s.ssn, s.family_id, s.relationship, s.addresses, s.emails, s.phones, s.extra, s.match_key, :batch_id, :batch_id, :now, :now
+INSERT INTO member (
+    member_id, first_name, middle_name, last_name, birth_date, sex, ssn, family_id, relationship,
+    addresses, emails, phones, extra, match_key, created_batch_id, updated_batch_id, created_at,
+    updated_at)
+SELECT s.member_id, s.first_name, s.middle_name, s.last_name, s.birth_date, s.sex, s.ssn, s.family_id,
+    s.relationship, s.addresses, s.emails, s.phones, s.extra, s.match_key, :batch_id, :batch_id,
+    :now, :now
 FROM incoming_member s JOIN outcome_member o ON o.rid = s.rid
 WHERE o.status IN ('Created', 'Updated')
 ON CONFLICT (member_id) DO UPDATE SET

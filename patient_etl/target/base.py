@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import textwrap
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -242,8 +243,11 @@ class Target:
         table, key = entity.table, entity.key
         assignments = [f"{c} = coalesce(excluded.{c}, {table}.{c})" for c in cols if c != key]
         assignments += [f"{c} = excluded.{c}" for c in AUDIT_COLUMNS if c.startswith("updated_")]
-        return (f"INSERT INTO {table} ({', '.join(cols)}, {', '.join(AUDIT_COLUMNS)})\n"
-                f"SELECT {', '.join('s.' + c for c in cols)}, :batch_id, :batch_id, :now, :now\n"
+        def listed(items: list[str]) -> str:
+            return textwrap.fill(", ".join(items), 100, subsequent_indent="    ", break_on_hyphens=False)
+
+        return (f"INSERT INTO {table} (\n    {listed([*cols, *AUDIT_COLUMNS])})\n"
+                f"SELECT {listed(['s.' + c for c in cols] + [':batch_id', ':batch_id', ':now', ':now'])}\n"
                 f"FROM incoming_{entity.name} s JOIN outcome_{entity.name} o ON o.rid = s.rid\n"
                 "WHERE o.status IN ('Created', 'Updated')\n"
                 f"ON CONFLICT ({key}) DO UPDATE SET\n    " + ",\n    ".join(assignments) + ";\n")
