@@ -518,14 +518,18 @@ def trace_child(argv: list[str]) -> int:
 
         setattr(owner, name, wrapper)
 
-    from patient_etl.publish import target
     from patient_etl.quality import row_checks
+    from patient_etl.target.base import Target
+    from patient_etl.target.postgres import PostgresTarget
+    from patient_etl.target.sqlite import SqliteTarget
 
     timed_generator(row_checks, "validate", "GX validate, all chunks (incl. reading them from DuckDB)")
     timed_generator(row_checks, "_frames", "  of which: DuckDB -> pandas chunks")
     timed(row_checks, "run_row_checks", "row_checks.run_row_checks")
-    for name in ("apply_entity", "load", "fetch", "write_logs"):
-        timed(target.Target, name, f"Target.{name}")
+    for cls in (Target, PostgresTarget, SqliteTarget):
+        for name in ("apply_entity", "load", "fetch", "write_logs", "migrate"):
+            if name in vars(cls):
+                timed(cls, name, f"Target.{name}")
 
     @atexit.register
     def report() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime as dt
+import fcntl
 import hashlib
 import json
 import logging
@@ -58,10 +59,17 @@ def home_instance(home: Home):
         return
     folder = home.dagster
     folder.mkdir(parents=True, exist_ok=True)
-    config = folder / "dagster.yaml"
-    if not config.exists():
-        config.write_text(LOCAL_INSTANCE)
-    with dg.DagsterInstance.from_config(str(folder)) as instance:
+    # Two first imports at once would both create the instance's SQLite tables ("already exists"):
+    # the first to hold the lock creates them, the other finds them.
+    with open(folder / ".create.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        config = folder / "dagster.yaml"
+        if not config.exists():
+            config.write_text(LOCAL_INSTANCE)
+        instance = dg.DagsterInstance.from_config(str(folder))
+        instance.get_dynamic_partitions("batches")  # storage created (or found) while the lock is held
+        instance.get_runs(limit=1)
+    with instance:
         yield instance
 
 

@@ -20,21 +20,20 @@ import dagster as dg
 from patient_etl import results
 from patient_etl.batches import Batch
 from patient_etl.entities import ENTITIES
-from patient_etl.publish.target import Target
 from patient_etl.resources import PatientEtl
+from patient_etl.target import open_target
 
 PARTITION_TAG = "dagster/partition"
 
 
-def fail_batch(log, etl: PatientEtl, batch: Batch, reason: str, failure: str = "file") -> Batch:
-    """Record `batch` as Failed with `reason`; return it as saved."""
-    path = results.write_failed(etl.home_dir().results, batch, reason)
-    target = Target(etl.target())
+def fail_batch(log, etl: PatientEtl, batch: Batch, reason: str, failure: str = "file", scope: str = "file") -> Batch:
+    """Record `batch` as Failed with `reason`; return it as saved. `failure` says whose fault it is
+    ("file": the partner's; "run": ours), `scope` what the results file's message names (file, target,
+    batch)."""
+    path = results.write_failed(etl.home_dir().results, batch, reason, scope)
+    target = open_target(etl.target())
     try:
-        with target.engine.begin() as conn:
-            target.serialize_publishes(conn)
-            target.create_schema(conn, list(ENTITIES.values()))
-            target.write_batch_row(conn, results.batch_row(batch, "Failed", {}, path.name, reason))
+        target.record_batch(results.batch_row(batch, "Failed", {}, path.name, reason), list(ENTITIES.values()))
     except Exception as exc:  # the target may be what failed: the results file and registry still say why
         log.warning(f"batch {batch.batch_id}: the Failed status could not be written to the target "
                     f"({type(exc).__name__})")
@@ -70,7 +69,7 @@ def end_failed_run(log, etl: PatientEtl, instance: dg.DagsterInstance, run: dg.D
     batch = etl.registry().get(batch_id) if batch_id else None
     if batch is None or not batch.is_pending:
         return None
-    return fail_batch(log, etl, batch, run_failure_reason(instance, run.run_id), failure="run")
+    return fail_batch(log, etl, batch, run_failure_reason(instance, run.run_id), failure="run", scope="batch")
 
 
 @dg.run_failure_sensor(name="batch_failure_sensor", minimum_interval_seconds=15,

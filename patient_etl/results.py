@@ -51,12 +51,12 @@ def sql_literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def write_failed(folder: Path, batch: Batch, reason: str) -> Path:
-    """A failed batch's results file: one line carrying the reason."""
+def write_failed(folder: Path, batch: Batch, reason: str, scope: str = "file") -> Path:
+    """A failed batch's results file: one line carrying the reason (`error: <scope>: <reason>`)."""
     tmp, final = claim_name(folder, results_base(batch))
     duck = duckdb.connect()
     try:
-        message = neutralize(sql_literal("error: file: " + reason))
+        message = neutralize(sql_literal(f"error: {scope}: {reason}"))
         write_csv(duck, f"SELECT NULL::BIGINT AS row_number, NULL AS entity, NULL AS external_id, "
                         f"'Failed' AS status, {message} AS messages", tmp)
     finally:

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from patient_etl.cli import run_batch
-from patient_etl.publish.target import KILL_BEFORE_COMMIT
+from patient_etl.target import KILL_BEFORE_COMMIT
 from patient_etl_tests.conftest import query, read_results, write_csv
 
 HEADER = "Patient ID,First Name,Last Name,DOB,Sex,City,Phone"
@@ -111,6 +111,7 @@ def test_two_batches_processed_concurrently(tmp_path, pg_etl, home):
     for proc in procs:
         out, err = proc.communicate(timeout=300)
         assert proc.returncode in (0, 1), err[-2000:]
+        assert out.strip(), err[-3000:]
         outcomes.append(json.loads(out.strip().splitlines()[-1]))
     batch_ids = {o["batch_id"] for o in outcomes}
     assert len(batch_ids) == 2

@@ -1,4 +1,5 @@
--- Generated from the entity spec by `python -m patient_etl.entities.ddl`, not by hand.
+-- Generated from the entity spec by `python -m patient_etl.target.ddl`, not by hand.
+-- PostgreSQL; SQLite runs the same with its own types. Applied where missing by the schema migration.
 CREATE TABLE IF NOT EXISTS eop (
     eop_id TEXT PRIMARY KEY,
     claim_id TEXT,

@@ -1,4 +1,5 @@
--- The batch log and the row-level log. Portable across PostgreSQL and SQLite.
+-- Generated from the entity spec by `python -m patient_etl.target.ddl`, not by hand.
+-- PostgreSQL; SQLite runs the same with its own types. Applied where missing by the schema migration.
 CREATE TABLE IF NOT EXISTS import_batch (
     batch_id TEXT PRIMARY KEY,
     source TEXT NOT NULL,

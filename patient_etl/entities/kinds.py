@@ -60,7 +60,7 @@ class Kind:
     name: str
     value_sql: str  # DuckDB expression over {v} (trimmed text, NULL when empty)
     sql_type: str  # DuckDB type of the normalized column
-    target_type: str  # portable SQL type in the target database
+    logical_type: str  # portable type in the target: text, date, decimal(14,2) (target/schema.py)
     describe: str
     checks: Callable[[dict], list[Check]]
     normalize_sql: str = "{value}"  # from the checked value to the stored value
@@ -72,14 +72,14 @@ def _no_checks(_: dict) -> list[Check]:
     return []
 
 
-TEXT = Kind("text", "{v}", "VARCHAR", "TEXT", "free text", _no_checks)
+TEXT = Kind("text", "{v}", "VARCHAR", "text", "free text", _no_checks)
 
 
 def code(values: dict[str, str], describe: str) -> Kind:
     """A code from a small set; `values` maps accepted spellings (lower case) to the code."""
     codes = sorted(set(values.values()))
     check = Check("in_set", "value", f"must be one of {', '.join(codes)}", args={"value_set": codes})
-    return Kind("code", _case_map(values, "lower({v})", "{v}"), "VARCHAR", "TEXT", describe, lambda _: [check])
+    return Kind("code", _case_map(values, "lower({v})", "{v}"), "VARCHAR", "text", describe, lambda _: [check])
 
 
 SEX = code(
@@ -92,7 +92,7 @@ _state_names = {name.lower(): abbr for abbr, name in US_STATES.items()} | STATE_
 STATE = Kind(
     "state",
     _case_map(_state_names, "lower({v})", "upper({v})"),
-    "VARCHAR", "TEXT", "two-letter code or full name (50 states, DC, territories)",
+    "VARCHAR", "text", "two-letter code or full name (50 states, DC, territories)",
     lambda _: [Check("in_set", "value", "is not a US state, DC or territory",
                      args={"value_set": sorted(US_STATES)})],
 )
@@ -102,7 +102,7 @@ ZIP = Kind(
     "(CASE WHEN regexp_full_match({v}, '[0-9]{{3,4}}') THEN lpad({v}, 5, '0') "
     "WHEN regexp_full_match({v}, '[0-9]{{9}}') THEN left({v}, 5) || '-' || right({v}, 4) "
     "ELSE {v} END)",
-    "VARCHAR", "TEXT", "5 digits or ZIP+4; 3-4 digits are left-padded with zeros (with a warning)",
+    "VARCHAR", "text", "5 digits or ZIP+4; 3-4 digits are left-padded with zeros (with a warning)",
     lambda _: [
         Check("match_regex", "value", "must be 5 digits or ZIP+4", args={"regex": r"^\d{5}(?:-\d{4})?$"}),
         Check("not_match_regex", "raw", "left-padded with zeros to 5 digits", severity="warning",
@@ -114,12 +114,12 @@ PHONE = Kind(
     "phone",
     "(CASE WHEN regexp_full_match({v}, '[0-9()+. -]+') THEN "
     "regexp_replace(regexp_replace({v}, '[^0-9]', '', 'g'), '^1([0-9]{{10}})$', '\\1') ELSE {v} END)",
-    "VARCHAR", "TEXT", "10 digits (a leading US 1 and punctuation are dropped)",
+    "VARCHAR", "text", "10 digits (a leading US 1 and punctuation are dropped)",
     lambda _: [Check("match_regex", "value", "must have 10 digits", args={"regex": r"^\d{10}$"})],
 )
 
 EMAIL = Kind(
-    "email", "lower({v})", "VARCHAR", "TEXT", "an e-mail address (stored lower-case)",
+    "email", "lower({v})", "VARCHAR", "text", "an e-mail address (stored lower-case)",
     lambda _: [Check("match_regex", "value", "is not a valid e-mail address", args={"regex": EMAIL_SHAPE})],
 )
 
@@ -127,7 +127,7 @@ _LAST_FOUR = "'***-**-' || right({digits}, 4)"  # the one SSN mask: stored and e
 SSN = Kind(
     "ssn",
     "(CASE WHEN regexp_full_match({v}, '[0-9 -]+') THEN regexp_replace({v}, '[^0-9]', '', 'g') ELSE {v} END)",
-    "VARCHAR", "TEXT", "9 digits; stored and echoed masked to the last four",
+    "VARCHAR", "text", "9 digits; stored and echoed masked to the last four",
     lambda _: [Check("match_regex", "value", "must have 9 digits", args={"regex": r"^\d{9}$"})],
     normalize_sql=_LAST_FOUR.format(digits="{value}"),
     echo_sql=_LAST_FOUR.format(digits="regexp_replace({v}, '[^0-9]', '', 'g')"),
@@ -162,7 +162,7 @@ def _date_checks(options: dict) -> list[Check]:
 DATE = Kind(
     "date",
     f"CAST(strftime({_DATE_PARSE}, '%Y%m%d') AS INTEGER)",
-    "DATE", "DATE", "YYYY-MM-DD, MM/DD/YYYY, M/D/YYYY or an ISO date-time (date part used)",
+    "DATE", "date", "YYYY-MM-DD, MM/DD/YYYY, M/D/YYYY or an ISO date-time (date part used)",
     _date_checks,
     normalize_sql="CAST(strptime(CAST({value} AS VARCHAR), '%Y%m%d') AS DATE)",
 )
@@ -181,7 +181,7 @@ AMOUNT = Kind(
     "amount",
     "(CASE WHEN regexp_full_match({v}, '\\$?-?[0-9,]*\\.?[0-9]*') THEN replace(replace({v}, '$', ''), ',', '') "
     "ELSE {v} END)",
-    "DECIMAL(14,2)", "NUMERIC(14,2)", "a decimal amount with at most two decimals",
+    "DECIMAL(14,2)", "decimal(14,2)", "a decimal amount with at most two decimals",
     _amount_checks,
     normalize_sql="CAST({value} AS DECIMAL(14,2))",
     number_sql="TRY_CAST({value} AS DOUBLE)",
@@ -201,7 +201,7 @@ _NPI_LUHN = (
 NPI = Kind(
     "npi",
     "(CASE WHEN regexp_full_match({v}, '[0-9 -]+') THEN regexp_replace({v}, '[^0-9]', '', 'g') ELSE {v} END)",
-    "VARCHAR", "TEXT", "10 digits with a valid check digit (Luhn with the 80840 prefix); spaces and dashes dropped",
+    "VARCHAR", "text", "10 digits with a valid check digit (Luhn with the 80840 prefix); spaces and dashes dropped",
     lambda _: [
         Check("match_regex", "value", "must have 10 digits", args={"regex": r"^\d{10}$"}),
         Check("between", "number", "is not a valid NPI (check digit)", args={"min_value": 0, "max_value": 0}),
@@ -210,7 +210,7 @@ NPI = Kind(
 )
 
 TAXONOMY = Kind(
-    "taxonomy", "upper({v})", "VARCHAR", "TEXT", "a 10-character NUCC taxonomy code ending in X (207Q00000X)",
+    "taxonomy", "upper({v})", "VARCHAR", "text", "a 10-character NUCC taxonomy code ending in X (207Q00000X)",
     lambda _: [Check("match_regex", "value", "must be a NUCC taxonomy code like 207Q00000X",
                      args={"regex": r"^[0-9A-Z]{9}X$"})],
 )
@@ -224,7 +224,7 @@ def code_list(name: str, item: str, normalize_item: str, message: str, describe:
     items = "list_filter(list_transform(string_split(upper({v}), ';'), lambda item: trim(item)), lambda item: item <> '')"
     value = f"array_to_string(list_transform({items}, lambda item: {normalize_item}), ';')"
     regex = rf"^{item}(?:;{item})*$"
-    return Kind(name, value, "VARCHAR", "TEXT", describe,
+    return Kind(name, value, "VARCHAR", "text", describe,
                 lambda _: [Check("match_regex", "value", message, args={"regex": regex})])
 
 

@@ -13,10 +13,6 @@ from dataclasses import dataclass, field
 from patient_etl.entities.kinds import TEXT, Check, Kind
 
 MAX_GROUP_INDEX = 10
-# Every stored row's provenance, after the entity's own columns (name, type in the target).
-AUDIT_COLUMNS = (("created_batch_id", "TEXT"), ("updated_batch_id", "TEXT"), ("created_at", "TIMESTAMPTZ"),
-                 ("updated_at", "TIMESTAMPTZ"))
-
 
 def header_key(header: str) -> str:
     """Headers match case-, space-, underscore- and punctuation-insensitively."""
@@ -165,16 +161,6 @@ def map_header(entity: Entity, header: str) -> str | None:
         ):
             return index.get(f"{base}{int(match.group(2))}")
     return index.get(header_key(header))
-
-
-def stored_columns(entity: Entity) -> list[tuple[str, str, str]]:
-    """(name, DuckDB type, target type) of every stored, comparable column, key first."""
-    cols = [(f.name, f.kind.sql_type, f.kind.target_type) for f in entity.fields]
-    cols += [(g.stored_as, "VARCHAR", "TEXT") for g in entity.groups]
-    cols.append(("extra", "VARCHAR", "TEXT"))
-    if entity.match_on:
-        cols.append(("match_key", "VARCHAR", "TEXT"))
-    return cols
 
 
 def _name_part(expr: str) -> str:

@@ -4,10 +4,11 @@ import dagster as dg
 
 from patient_etl.entities import ENTITIES
 from patient_etl.errors import phi_safe
+from patient_etl.failure import fail_batch
 from patient_etl.partitions import batches
 from patient_etl.publish.batch import publish_batch
-from patient_etl.publish.target import safe_url
 from patient_etl.resources import PatientEtl
+from patient_etl.target import TargetSchemaError, safe_url
 
 
 class PublishConfig(dg.Config):
@@ -20,8 +21,14 @@ def published_batch(context: dg.AssetExecutionContext, config: PublishConfig, et
     """The batch applied to the target in one transaction, with its results file and row log."""
     registry = etl.registry()
     batch = registry.require(context.partition_key)
-    with phi_safe(etl.home_dir(), batch.batch_id, "publishing"):
-        summary = publish_batch(etl.home_dir(), batch, etl.target(), dry_run=config.dry_run)
+    try:
+        with phi_safe(etl.home_dir(), batch.batch_id, "publishing"):
+            summary = publish_batch(etl.home_dir(), batch, etl.target(), dry_run=config.dry_run)
+    except TargetSchemaError as exc:  # nothing was applied; retrying cannot help until someone fixes the target
+        batch = fail_batch(context.log, etl, batch, exc.reason, failure="run", scope="target")
+        raise dg.Failure(description=f"Batch failed: {exc.reason}", allow_retries=False,
+                         metadata={"failure": exc.code, "results_file": dg.MetadataValue.path(batch.results_file)},
+                         ) from None
     batch = registry.set_status(batch, summary.status, counts=summary.counts, results_file=summary.results_file,
                                 reason=None, failure=None, dry_run=config.dry_run)
     if not config.dry_run:

@@ -10,8 +10,8 @@ from patient_etl.batches import Batch, Home
 from patient_etl.entities import ENTITIES
 from patient_etl.entities.spec import Entity
 from patient_etl.publish.references import check_references
-from patient_etl.publish.target import Target, maybe_die_before_commit
 from patient_etl.results import STATUSES, batch_row, results_base, utc_now
+from patient_etl.target import maybe_die_before_commit, open_target
 from patient_etl.workspace import CHECKS, PUBLISH, STAGED, StageDb, Workspace, entity_stage
 
 ROW_LOG = "row_log"  # publish's own table: one row per source row, as the results file and the target log it
@@ -46,15 +46,16 @@ def publish_batch(home: Home, batch: Batch, target_url: str, dry_run: bool = Fal
     present = workspace.staged_entities()
     entities = publish_order([ENTITIES[name] for name in present])
     reads = [STAGED, CHECKS, *(entity_stage(e.name) for e in entities)]
-    target = Target(target_url)
+    target = open_target(target_url, work_dir=workspace.folder)
     try:
         with workspace.open(PUBLISH, reads=reads) as db:
             duck = db.con
             now = utc_now()
-            with target.engine.connect() as conn:
+            with target.connect() as conn:
                 transaction = conn.begin()
                 target.serialize_publishes(conn)
-                target.create_schema(conn, list(ENTITIES.values()))
+                # Raises TargetSchemaError (nothing applied) when the target differs in a way it never repairs.
+                target.migrate(conn, list(ENTITIES.values()))
                 check_references(conn, target, db, entities)
                 for entity in entities:  # what is applied: the normalized rows whose references hold
                     duck.execute(f"""

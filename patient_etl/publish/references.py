@@ -10,14 +10,18 @@ severity, message)` in the publish database.
 from __future__ import annotations
 
 import string
+from typing import TYPE_CHECKING
 
 import duckdb
-import sqlalchemy as sa
 
 from patient_etl.entities import ENTITIES
 from patient_etl.entities.spec import Entity, TotalNotAbove
-from patient_etl.publish.target import Target
 from patient_etl.workspace import StageDb, checked_value
+
+if TYPE_CHECKING:  # the target's implementations (and SQLAlchemy) load when a publish opens one
+    import sqlalchemy as sa
+
+    from patient_etl.target.base import Target
 
 _NOT_ERRORED = "rid NOT IN (SELECT rid FROM ref_messages WHERE entity = '{entity}' AND severity = 'error')"
 
@@ -26,8 +30,7 @@ def target_lookup(conn: sa.Connection, target: Target, duck: duckdb.DuckDBPyConn
                   table: str, key: str, into: str, extra: dict[str, str] | None = None) -> None:
     """`into(key, *extra)`: the keys of `values_query` that `table` in the target holds."""
     extra = extra or {}
-    conn.exec_driver_sql("DROP TABLE IF EXISTS ref_lookup")
-    conn.exec_driver_sql("CREATE TEMPORARY TABLE ref_lookup (key TEXT PRIMARY KEY)")
+    target.temp_table(conn, "ref_lookup", {"key": "text"}, primary_key="key")
     target.load(conn, duck, values_query, "ref_lookup", ["key"])
     columns = "".join(f", t.{c}" for c in extra)
     target.fetch(conn, duck, f"SELECT l.key{columns} FROM ref_lookup l JOIN {table} t ON t.{key} = l.key", into,
@@ -115,11 +118,9 @@ def _total_not_above(conn: sa.Connection, target: Target, db: StageDb, entity: E
                   parent.table, parent.key, held, {limit: limit_type})
     # What earlier batches already hold against those parents (this batch's own rows not counted twice).
     batch_keys = f"ref_batch_{entity.name}"
-    conn.exec_driver_sql(f"DROP TABLE IF EXISTS {batch_keys}")
-    conn.exec_driver_sql(f"CREATE TEMPORARY TABLE {batch_keys} ({entity.key} TEXT PRIMARY KEY)")
+    target.temp_table(conn, batch_keys, {entity.key: "text"}, primary_key=entity.key)
     target.load(conn, duck, f"SELECT DISTINCT {entity.key} FROM {rows}", batch_keys, [entity.key])
-    conn.exec_driver_sql("DROP TABLE IF EXISTS ref_lookup")
-    conn.exec_driver_sql("CREATE TEMPORARY TABLE ref_lookup (key TEXT PRIMARY KEY)")
+    target.temp_table(conn, "ref_lookup", {"key": "text"}, primary_key="key")
     target.load(conn, duck, f"SELECT DISTINCT {ref} AS key FROM {rows}", "ref_lookup", ["key"])
     target.fetch(conn, duck, f"""
         SELECT e.{ref}, sum(e.{amount}) FROM {entity.table} e JOIN ref_lookup l ON l.key = e.{ref}

@@ -1,0 +1,326 @@
+"""What the pipeline asks of a target database, written once; the implementations supply the dialect.
+
+A publish runs in one transaction: `serialize_publishes` (one publish at a time per target),
+`migrate` (the spec's tables, columns and indexes added where missing, recorded in `schema_migration`),
+then per entity `apply_entity` (bulk load into a temporary table, outcome per row, one upsert generated
+from the spec), then `write_logs`. A publish that dies half-way leaves the target as it was.
+
+Implementations give: `TYPES` (logical type -> their type), the engine options, the publish lock,
+`catalog` and `same_type` for the migration, and the two bulk moves `load` and `fetch`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import textwrap
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import sqlalchemy as sa
+
+from patient_etl.entities.spec import Entity
+from patient_etl.target import SQL_DIR, TargetSchemaError, utc_now
+from patient_etl.target.schema import (
+    AUDIT_COLUMNS,
+    MIGRATION_TABLE,
+    SCHEMA_MIGRATION,
+    Column,
+    Index,
+    Table,
+    schema_tables,
+    spec_version,
+    stored_columns,
+)
+
+SCHEMA_DIFFERS = "target_schema_differs"  # TargetSchemaError.code: a column to retype or a key to add by hand
+
+
+@dataclass
+class EntityOutcome:
+    entity: str
+    created: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    conflicts: int = 0
+
+
+@dataclass(frozen=True)
+class TableCatalog:
+    """A table as the target's catalog describes it: its columns' types as the database names them."""
+
+    columns: dict[str, str]
+    indexes: frozenset[str]
+
+
+@dataclass(frozen=True)
+class Migration:
+    description: str
+    statement: str
+
+
+class Target:
+    dialect: str
+    TYPES: dict[str, str]  # logical type (schema.py) -> this database's type
+
+    def __init__(self, url: str, work_dir: Path | None = None):
+        self.url = url
+        self.work_dir = work_dir
+        self.engine = sa.create_engine(url, **self.engine_options())
+        self._migrated: set[str] = set()
+
+    def engine_options(self) -> dict:
+        return {}
+
+    # -- connections and the publish lock ------------------------------------------------------------
+
+    def connect(self) -> sa.Connection:
+        """A connection; the caller begins the transaction (`conn.begin()`) and ends it."""
+        return self.engine.connect()
+
+    def begin(self) -> contextlib.AbstractContextManager[sa.Connection]:
+        """A connection in a transaction that commits when the block ends without an error."""
+        return self.engine.begin()
+
+    def serialize_publishes(self, conn: sa.Connection) -> None:
+        """One publish at a time per target, held until the transaction ends: outcomes are decided
+        against a target no one else is changing."""
+        raise NotImplementedError
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    # -- DDL, generated from the schema (class methods: `ddl.py` writes sql/ without a database) --------
+
+    @classmethod
+    def column_sql(cls, column: Column) -> str:
+        sql = f"{column.name} {cls.TYPES[column.type]}"
+        if column.not_null:
+            sql += " NOT NULL"
+        if column.default is not None:
+            sql += f" DEFAULT {column.default}"
+        return sql
+
+    @classmethod
+    def create_table_statement(cls, table: Table) -> str:
+        single_key = table.primary_key[0] if len(table.primary_key) == 1 else None
+        lines = [cls.column_sql(c) + (" PRIMARY KEY" if c.name == single_key else "") for c in table.columns]
+        if single_key is None:
+            lines.append(f"PRIMARY KEY ({', '.join(table.primary_key)})")
+        lines += [f"FOREIGN KEY ({c.name}) REFERENCES {c.references[0]} ({c.references[1]})"
+                  for c in table.columns if c.references]
+        return f"CREATE TABLE IF NOT EXISTS {table.name} (\n    " + ",\n    ".join(lines) + "\n)"
+
+    @classmethod
+    def create_index_statement(cls, table: Table, index: Index) -> str:
+        return f"CREATE INDEX IF NOT EXISTS {index.name} ON {table.name} ({', '.join(index.columns)})"
+
+    @classmethod
+    def add_column_statement(cls, table: Table, column: Column) -> str:
+        sql = f"ALTER TABLE {table.name} ADD COLUMN {cls.column_sql(column)}"
+        if column.references:
+            sql += f" REFERENCES {column.references[0]} ({column.references[1]})"
+        return sql
+
+    @classmethod
+    def create_table_sql(cls, table: Table) -> str:
+        """The table and its indexes, as a script."""
+        statements = [cls.create_table_statement(table), *(cls.create_index_statement(table, i) for i in table.indexes)]
+        return "".join(s + ";\n" for s in statements)
+
+    def temp_table(self, conn: sa.Connection, name: str, columns: dict[str, str],
+                   primary_key: str | None = None) -> None:
+        """A fresh temporary table `name` (dropped first if this connection has one) of logical types."""
+        conn.exec_driver_sql(f"DROP TABLE IF EXISTS {name}")
+        conn.exec_driver_sql(
+            f"CREATE TEMPORARY TABLE {name} ("
+            + ", ".join(f"{c} {self.TYPES[t]}" + (" PRIMARY KEY" if c == primary_key else "") for c, t in columns.items())
+            + ")")
+
+    # -- schema migration ------------------------------------------------------------------------------
+
+    def catalog(self, conn: sa.Connection) -> dict[str, TableCatalog]:
+        """The target's tables (not temporary ones), as its own catalog describes them."""
+        raise NotImplementedError
+
+    def same_type(self, logical: str, found: str) -> bool:
+        """Whether a column the catalog describes as `found` holds the spec's `logical` type."""
+        raise NotImplementedError
+
+    def plan_migration(self, conn: sa.Connection, entities: list[Entity]) -> list[Migration]:
+        """What the target lacks of the spec: tables, columns, indexes. Nothing is ever dropped or
+        retyped: a column of another type, or a missing key column, raises `TargetSchemaError`."""
+        catalog = self.catalog(conn)
+        plan: list[Migration] = []
+        problems: list[str] = []
+        for table in [SCHEMA_MIGRATION, *schema_tables(entities)]:
+            found = catalog.get(table.name)
+            if found is None:
+                plan.append(Migration(f"create table {table.name}", self.create_table_statement(table)))
+                plan += [Migration(f"create index {i.name} on {table.name}", self.create_index_statement(table, i))
+                         for i in table.indexes]
+                continue
+            for column in table.columns:
+                if column.name not in found.columns:
+                    if column.name in table.primary_key or (column.not_null and column.default is None):
+                        problems.append(f"column {table.name}.{column.name} is missing and, being part of the "
+                                        "key or required, cannot be added to a table that has rows")
+                    else:
+                        plan.append(Migration(f"add column {table.name}.{column.name}",
+                                              self.add_column_statement(table, column)))
+                elif not self.same_type(column.type, found.columns[column.name]):
+                    problems.append(f"column {table.name}.{column.name} is {found.columns[column.name]} in the "
+                                    f"target but {self.TYPES[column.type]} in the spec")
+            plan += [Migration(f"create index {i.name} on {table.name}", self.create_index_statement(table, i))
+                     for i in table.indexes if i.name not in found.indexes]
+        if problems:
+            raise TargetSchemaError(SCHEMA_DIFFERS, "the target's schema differs from the spec ("
+                                    + "; ".join(problems) + "); a migration never retypes or drops a column: "
+                                    "change the target by hand, then reprocess the batch")
+        return plan
+
+    def migrate(self, conn: sa.Connection, entities: list[Entity]) -> list[Migration]:
+        """On first use in a run: apply `plan_migration` in the caller's transaction and record each
+        step in `schema_migration`. Run it holding the publish lock."""
+        wanted = ",".join(e.name for e in entities)
+        if wanted in self._migrated:
+            return []
+        plan = self.plan_migration(conn, entities)
+        if plan:
+            for step in plan:
+                conn.exec_driver_sql(step.statement)
+            first = conn.execute(sa.text(f"SELECT coalesce(max(id), 0) + 1 FROM {MIGRATION_TABLE}")).scalar_one()
+            version, now = spec_version(), utc_now()
+            conn.execute(sa.text(f"INSERT INTO {MIGRATION_TABLE} (id, applied_at, description, statement, "
+                                 "spec_version) VALUES (:id, :now, :description, :statement, :version)"),
+                         [{"id": first + n, "now": now, "description": step.description, "statement": step.statement,
+                           "version": version} for n, step in enumerate(plan)])
+        self._migrated.add(wanted)
+        return plan
+
+    # -- moving rows between DuckDB and the target, set-based --------------------------------------------
+
+    @contextlib.contextmanager
+    def scratch_file(self) -> Iterator[Path]:
+        """A private file in the batch's folder for one bulk move, removed however the move ends."""
+        if self.work_dir is None:
+            raise ValueError("bulk moves need the batch's folder: open_target(url, work_dir=folder)")
+        fd, name = tempfile.mkstemp(prefix=".target-", suffix=".csv", dir=self.work_dir)
+        os.close(fd)
+        path = Path(name)
+        try:
+            yield path
+        finally:
+            path.unlink(missing_ok=True)
+
+    def load(self, conn: sa.Connection, duck: duckdb.DuckDBPyConnection, query: str, table: str,
+             columns: list[str]) -> None:
+        """Bulk-load the rows of a DuckDB query into a target table (the query's columns in order)."""
+        raise NotImplementedError
+
+    def fetch(self, conn: sa.Connection, duck: duckdb.DuckDBPyConnection, query: str, into: str,
+              columns: dict[str, str]) -> None:
+        """Copy the rows of a target query into a new DuckDB table `into` with the given DuckDB types."""
+        with self.scratch_file() as path:
+            self._fetch_csv(conn, query, path)
+            spec = "{" + ", ".join(f"'{c}': '{t}'" for c, t in columns.items()) + "}"
+            duck.execute(f"CREATE OR REPLACE TABLE {into} AS SELECT * FROM read_csv('{path}', header = false, "
+                         f"columns = {spec}, delim = ',', quote = '\"', escape = '\"', auto_detect = false)")
+
+    def _fetch_csv(self, conn: sa.Connection, query: str, path: Path) -> None:
+        raise NotImplementedError
+
+    # -- applying one entity ---------------------------------------------------------------------------
+
+    @classmethod
+    def upsert_sql(cls, entity: Entity) -> str:
+        """Insert the batch's Created and Updated rows of `incoming_<entity>`; an update never erases a
+        value with an empty cell. Parameters `:batch_id` and `:now`."""
+        cols = [c for c, _ in stored_columns(entity)]
+        table, key = entity.table, entity.key
+        assignments = [f"{c} = coalesce(excluded.{c}, {table}.{c})" for c in cols if c != key]
+        assignments += [f"{c} = excluded.{c}" for c in AUDIT_COLUMNS if c.startswith("updated_")]
+        def listed(items: list[str]) -> str:
+            return textwrap.fill(", ".join(items), 100, subsequent_indent="    ", break_on_hyphens=False)
+
+        return (f"INSERT INTO {table} (\n    {listed([*cols, *AUDIT_COLUMNS])})\n"
+                f"SELECT {listed(['s.' + c for c in cols] + [':batch_id', ':batch_id', ':now', ':now'])}\n"
+                f"FROM incoming_{entity.name} s JOIN outcome_{entity.name} o ON o.rid = s.rid\n"
+                "WHERE o.status IN ('Created', 'Updated')\n"
+                f"ON CONFLICT ({key}) DO UPDATE SET\n    " + ",\n    ".join(assignments) + ";\n")
+
+    def apply_entity(self, conn: sa.Connection, duck: duckdb.DuckDBPyConnection, entity: Entity,
+                     batch_id: str, now: str, write: bool) -> EntityOutcome:
+        """Load the batch's normalized rows, decide each row's outcome against the target, upsert.
+
+        Leaves `outcome_<entity>` (rid, key, status, changed_fields, first_rid) in DuckDB; a row whose
+        key resolves to the same record as an earlier row of the batch is a `Conflict`.
+        """
+        key = entity.key
+        stored = dict(stored_columns(entity))
+        cols = list(stored)
+        incoming = f"incoming_{entity.name}"
+        self.temp_table(conn, incoming, {"rid": "bigint", **stored}, primary_key="rid")
+        self.load(conn, duck, f"SELECT rid, {', '.join(cols)} FROM {entity.table}", incoming, ["rid", *cols])
+        if entity.match_on:
+            # No key: take the target's member with the same match key, else a key derived from it.
+            conn.exec_driver_sql(f"""
+                UPDATE {incoming} SET {key} = coalesce(
+                    (SELECT min(t.{key}) FROM {entity.table} t WHERE t.match_key = {incoming}.match_key),
+                    'auto-' || substr(match_key, 1, 20))
+                WHERE {key} IS NULL""")
+        compared = [c for c in cols if c not in (key, "match_key")]
+        changed = " || ".join(
+            f"CASE WHEN s.{c} IS NOT NULL AND s.{c} IS DISTINCT FROM t.{c} THEN '{c},' ELSE '' END" for c in compared
+        )
+        outcome = f"outcome_{entity.name}"
+        conn.exec_driver_sql(f"DROP TABLE IF EXISTS {outcome}")
+        conn.exec_driver_sql(f"""
+            CREATE TEMPORARY TABLE {outcome} AS
+            SELECT s.rid, s.{key} AS key,
+                   CASE WHEN s.first_rid <> s.rid THEN 'Conflict'
+                        WHEN t.{key} IS NULL THEN 'Created' ELSE 'Changed' END AS status,
+                   CASE WHEN t.{key} IS NULL THEN '' ELSE {changed} END AS changed_fields,
+                   s.first_rid
+            FROM (SELECT *, min(rid) OVER (PARTITION BY {key}) AS first_rid FROM {incoming}) s
+            LEFT JOIN {entity.table} t ON t.{key} = s.{key}""")
+        conn.exec_driver_sql(f"""
+            UPDATE {outcome} SET status = CASE WHEN changed_fields = '' THEN 'Unchanged' ELSE 'Updated' END
+            WHERE status = 'Changed'""")
+        if write:
+            conn.execute(sa.text(self.upsert_sql(entity)), {"batch_id": batch_id, "now": now})
+        self.fetch(conn, duck, f"SELECT rid, key, status, changed_fields, first_rid FROM {outcome}", outcome,
+                   {"rid": "BIGINT", "key": "VARCHAR", "status": "VARCHAR", "changed_fields": "VARCHAR",
+                    "first_rid": "BIGINT"})
+        counts = dict(duck.execute(f"SELECT status, count(*) FROM {outcome} GROUP BY status").fetchall())
+        return EntityOutcome(entity.name, counts.get("Created", 0), counts.get("Updated", 0),
+                             counts.get("Unchanged", 0), counts.get("Conflict", 0))
+
+    # -- the logs --------------------------------------------------------------------------------------
+
+    def write_logs(self, conn: sa.Connection, duck: duckdb.DuckDBPyConnection, row_log_query: str,
+                   batch_row: dict) -> None:
+        """The batch's row log (replacing a previous run's) and its batch log row."""
+        conn.execute(sa.text("DELETE FROM import_row WHERE batch_id = :b"), {"b": batch_row["batch_id"]})
+        self.load(conn, duck, row_log_query, "import_row",
+                  ["batch_id", "file_index", "row_number", "entity", "external_id", "status", "messages",
+                   "changed_fields"])
+        self.write_batch_row(conn, batch_row)
+
+    def record_batch(self, batch_row: dict, entities: list[Entity]) -> None:
+        """A batch log row alone, in a transaction of its own (a batch that failed before publish). The
+        schema is migrated as far as it can be: an entity table that differs from the spec does not stop
+        the batch, which may have failed for that very reason, from being recorded."""
+        with self.begin() as conn:
+            self.serialize_publishes(conn)
+            try:
+                self.migrate(conn, entities)
+            except TargetSchemaError:  # raised before anything was applied
+                self.migrate(conn, [])
+            self.write_batch_row(conn, batch_row)
+
+    def write_batch_row(self, conn: sa.Connection, batch_row: dict) -> None:
+        conn.execute(sa.text((SQL_DIR / "upsert_batch_log.sql").read_text()), batch_row)

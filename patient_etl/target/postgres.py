@@ -1,0 +1,61 @@
+"""PostgreSQL, the production target: COPY through psycopg 3 for the bulk moves, an advisory lock
+for publishes, and information_schema for the migration's catalog."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+import sqlalchemy as sa
+
+from patient_etl.target.base import TableCatalog, Target
+
+
+class PostgresTarget(Target):
+    dialect = "postgresql"
+    TYPES = {"text": "TEXT", "date": "DATE", "decimal(14,2)": "NUMERIC(14,2)", "timestamp": "TIMESTAMPTZ",
+             "bigint": "BIGINT", "integer": "INTEGER"}
+    # How information_schema names each logical type (an unbounded varchar holds text as well as TEXT).
+    CATALOG_TYPES = {"text": {"text", "character varying"}, "date": {"date"}, "decimal(14,2)": {"numeric(14,2)"},
+                     "timestamp": {"timestamp with time zone"}, "bigint": {"bigint"}, "integer": {"integer"}}
+
+    def serialize_publishes(self, conn: sa.Connection) -> None:
+        conn.exec_driver_sql("SELECT pg_advisory_xact_lock(hashtext('patient_etl.publish'))")
+
+    def catalog(self, conn: sa.Connection) -> dict[str, TableCatalog]:
+        columns: dict[str, dict[str, str]] = {}
+        for table, column, data_type, precision, scale, length in conn.exec_driver_sql("""
+                SELECT c.table_name, c.column_name, c.data_type, c.numeric_precision, c.numeric_scale,
+                       c.character_maximum_length
+                FROM information_schema.columns c JOIN information_schema.tables t
+                  ON t.table_schema = c.table_schema AND t.table_name = c.table_name
+                WHERE c.table_schema = current_schema() AND t.table_type = 'BASE TABLE'"""):
+            if data_type == "numeric" and precision is not None:
+                data_type = f"numeric({precision},{scale})"
+            elif length is not None:
+                data_type = f"{data_type}({length})"
+            columns.setdefault(table, {})[column] = data_type
+        indexes: dict[str, set[str]] = {}
+        for table, index in conn.exec_driver_sql(
+                "SELECT tablename, indexname FROM pg_indexes WHERE schemaname = current_schema()"):
+            indexes.setdefault(table, set()).add(index)
+        return {t: TableCatalog(cols, frozenset(indexes.get(t, ()))) for t, cols in columns.items()}
+
+    def same_type(self, logical: str, found: str) -> bool:
+        return found in self.CATALOG_TYPES[logical]
+
+    def load(self, conn: sa.Connection, duck: duckdb.DuckDBPyConnection, query: str, table: str,
+             columns: list[str]) -> None:
+        with self.scratch_file() as path:
+            duck.execute(f"COPY ({query}) TO '{path}' (FORMAT csv, HEADER false)")
+            cursor = conn.connection.driver_connection.cursor()
+            with cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN (FORMAT csv)") as copy, \
+                    path.open("rb") as handle:
+                while block := handle.read(1 << 20):
+                    copy.write(block)
+
+    def _fetch_csv(self, conn: sa.Connection, query: str, path: Path) -> None:
+        cursor = conn.connection.driver_connection.cursor()
+        with cursor.copy(f"COPY ({query}) TO STDOUT (FORMAT csv)") as copy, path.open("wb") as handle:
+            for block in copy:
+                handle.write(block)

@@ -1,0 +1,99 @@
+"""What the target holds, derived from the entity spec, in portable logical types.
+
+Each implementation maps the logical types (`text`, `date`, `decimal(14,2)`, `timestamp`, `bigint`,
+`integer`) to its own; the DDL, the migration and the upsert are all generated from these tables.
+No database library is imported here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from patient_etl.entities.spec import Entity
+
+AUDIT_COLUMNS = ("created_batch_id", "updated_batch_id", "created_at", "updated_at")
+MIGRATION_TABLE = "schema_migration"
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: str  # logical type
+    not_null: bool = False
+    default: str | None = None  # SQL literal
+    references: tuple[str, str] | None = None  # (table, column)
+
+
+@dataclass(frozen=True)
+class Index:
+    name: str
+    columns: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    columns: tuple[Column, ...]
+    primary_key: tuple[str, ...]
+    indexes: tuple[Index, ...] = ()
+
+    def column(self, name: str) -> Column:
+        return next(c for c in self.columns if c.name == name)
+
+
+def stored_columns(entity: Entity) -> list[tuple[str, str]]:
+    """(name, logical type) of every stored, comparable column of an entity, key first."""
+    cols = [(f.name, f.kind.logical_type) for f in entity.fields]
+    cols += [(g.stored_as, "text") for g in entity.groups]
+    cols.append(("extra", "text"))
+    if entity.match_on:
+        cols.append(("match_key", "text"))
+    return cols
+
+
+def entity_table(entity: Entity) -> Table:
+    parents = {ref.field: (ref.entity, ref.field) for ref in entity.references}
+    columns = [Column(name, kind, references=parents.get(name)) for name, kind in stored_columns(entity)]
+    columns += [Column(name, "timestamp" if name.endswith("_at") else "text") for name in AUDIT_COLUMNS]
+    indexes = (Index(f"{entity.table}_match_key", ("match_key",)),) if entity.match_on else ()
+    return Table(entity.table, tuple(columns), (entity.key,), indexes)
+
+
+def _counter(name: str) -> Column:
+    return Column(name, "bigint", not_null=True, default="0")
+
+
+IMPORT_BATCH = Table("import_batch", (
+    Column("batch_id", "text"), Column("source", "text", not_null=True), Column("file_names", "text", not_null=True),
+    Column("sha256", "text"), Column("status", "text", not_null=True), Column("reason", "text"),
+    *(_counter(c) for c in ("rows_total", "created", "updated", "unchanged", "errored")),
+    Column("results_file", "text"), Column("registered_at", "timestamp"), Column("finished_at", "timestamp"),
+), ("batch_id",))
+
+IMPORT_ROW = Table("import_row", (
+    Column("batch_id", "text", not_null=True), Column("file_index", "integer", not_null=True),
+    Column("row_number", "bigint", not_null=True), Column("entity", "text", not_null=True),
+    Column("external_id", "text"), Column("status", "text", not_null=True), Column("messages", "text"),
+    Column("changed_fields", "text"),
+), ("batch_id", "entity", "file_index", "row_number"))
+
+SCHEMA_MIGRATION = Table(MIGRATION_TABLE, (
+    Column("id", "bigint"), Column("applied_at", "timestamp", not_null=True),
+    Column("description", "text", not_null=True), Column("statement", "text", not_null=True),
+    Column("spec_version", "text", not_null=True),
+), ("id",))
+
+LOG_TABLES = (IMPORT_BATCH, IMPORT_ROW)
+
+
+def schema_tables(entities: list[Entity]) -> list[Table]:
+    """Every table the target needs for these entities (parents before children), logs first."""
+    return [*LOG_TABLES, *(entity_table(e) for e in entities)]
+
+
+def spec_version() -> str:
+    """A short fingerprint of the schema the whole spec asks for; recorded with each applied migration."""
+    from patient_etl.entities import ENTITIES
+
+    return hashlib.sha256(repr(schema_tables(list(ENTITIES.values()))).encode()).hexdigest()[:12]

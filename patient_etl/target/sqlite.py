@@ -1,0 +1,86 @@
+"""SQLite, the embedded default: batched inserts for loads, BEGIN IMMEDIATE for the publish lock,
+and SQLite's own catalog (PRAGMA table_info) for the migration.
+
+SQLite enforces a column's type only through its affinity (TEXT, NUMERIC, INTEGER, REAL, BLOB), so
+the migration compares affinities: a target created by an earlier release with `TIMESTAMPTZ` columns
+matches, a date column declared TEXT does not.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import duckdb
+import sqlalchemy as sa
+
+from patient_etl.target.base import TableCatalog, Target
+
+_FETCH_ROWS = 50_000
+
+
+def affinity(declared: str) -> str:
+    """SQLite's rules for a declared type (https://sqlite.org/datatype3.html, 3.1)."""
+    name = declared.upper()
+    if "INT" in name:
+        return "INTEGER"
+    if any(part in name for part in ("CHAR", "CLOB", "TEXT")):
+        return "TEXT"
+    if "BLOB" in name or not name:
+        return "BLOB"
+    if any(part in name for part in ("REAL", "FLOA", "DOUB")):
+        return "REAL"
+    return "NUMERIC"
+
+
+class SqliteTarget(Target):
+    dialect = "sqlite"
+    TYPES = {"text": "TEXT", "date": "DATE", "decimal(14,2)": "NUMERIC(14,2)", "timestamp": "TIMESTAMP",
+             "bigint": "BIGINT", "integer": "INTEGER"}
+
+    def __init__(self, url: str, work_dir: Path | None = None):
+        super().__init__(url, work_dir)
+        # pysqlite opens transactions lazily, after our reads: take the write lock up front instead.
+        sa.event.listen(self.engine, "connect", _autocommit_driver)
+        sa.event.listen(self.engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
+
+    def engine_options(self) -> dict:
+        return {"connect_args": {"timeout": 300}}
+
+    def serialize_publishes(self, conn: sa.Connection) -> None:
+        """BEGIN IMMEDIATE (every transaction here) already holds the database's write lock."""
+
+    def catalog(self, conn: sa.Connection) -> dict[str, TableCatalog]:
+        tables = [r[0] for r in conn.exec_driver_sql("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        return {
+            table: TableCatalog(
+                {r[1]: r[2] for r in conn.exec_driver_sql(f"PRAGMA table_info('{table}')")},
+                frozenset(r[1] for r in conn.exec_driver_sql(f"PRAGMA index_list('{table}')")),
+            )
+            for table in tables
+        }
+
+    def same_type(self, logical: str, found: str) -> bool:
+        return affinity(found) == affinity(self.TYPES[logical])
+
+    def load(self, conn: sa.Connection, duck: duckdb.DuckDBPyConnection, query: str, table: str,
+             columns: list[str]) -> None:
+        as_text = ", ".join(f"CAST({c} AS VARCHAR) AS {c}" for c in columns)
+        result = duck.execute(f"SELECT {as_text} FROM ({query})")
+        insert = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})"
+        while rows := result.fetchmany(_FETCH_ROWS):
+            conn.exec_driver_sql(insert, rows)
+
+    def _fetch_csv(self, conn: sa.Connection, query: str, path: Path) -> None:
+        result = conn.exec_driver_sql(query)
+        with path.open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            while rows := result.fetchmany(_FETCH_ROWS):
+                writer.writerows(rows)
+
+
+def _autocommit_driver(dbapi_connection, _record) -> None:
+    dbapi_connection.isolation_level = None
+    # WAL: readers never wait for a publish; NORMAL sync is still crash-safe in WAL mode.
+    for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "temp_store=MEMORY", "cache_size=-262144"):
+        dbapi_connection.execute(f"PRAGMA {pragma}")

@@ -1,0 +1,228 @@
+"""The target interface, the same tests against PostgreSQL and the embedded SQLite.
+
+Publish, review and duplicate detection rely on these operations meaning the same thing on both
+databases: a row's outcome, an empty cell never erasing a value, one publish at a time, bulk moves
+whose temporary files (row values) stay in the batch's folder, and a schema brought up to the spec
+without ever dropping or retyping a column.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from patient_etl.entities import ENTITIES
+from patient_etl.target import TargetSchemaError, open_target
+from patient_etl.target.postgres import PostgresTarget
+from patient_etl.target.schema import MIGRATION_TABLE, stored_columns
+from patient_etl.target.sqlite import SqliteTarget
+
+PROVIDER = ENTITIES["provider"]
+PREVIOUS_RELEASE = Path(__file__).parent / "data" / "previous_release" / "target.sql"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def target_url(request, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'target.sqlite'}"
+    return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture
+def work_dir(tmp_path: Path) -> Path:
+    folder = tmp_path / "batch"
+    folder.mkdir()
+    return folder
+
+
+@pytest.fixture
+def target(target_url: str, work_dir: Path):
+    opened = open_target(target_url, work_dir=work_dir)
+    yield opened
+    opened.dispose()
+
+
+def run_script(target, sql: str) -> None:
+    text = "\n".join(line for line in sql.splitlines() if not line.lstrip().startswith("--"))
+    with target.begin() as conn:
+        for statement in text.split(";"):
+            if statement.strip():
+                conn.exec_driver_sql(statement)
+
+
+def migrations(target) -> list[str]:
+    with target.connect() as conn:
+        return [r[0] for r in conn.exec_driver_sql(f"SELECT description FROM {MIGRATION_TABLE} ORDER BY id")]
+
+
+def test_every_logical_type_of_the_spec_maps_on_both_targets():
+    logical = {t for e in ENTITIES.values() for _, t in stored_columns(e)}
+    assert logical == {"text", "date", "decimal(14,2)"}
+    assert logical <= set(PostgresTarget.TYPES) and logical <= set(SqliteTarget.TYPES)
+
+
+def test_a_new_target_is_created_by_migration_recorded_once(target, target_url):
+    with target.begin() as conn:
+        target.serialize_publishes(conn)
+        applied = target.migrate(conn, list(ENTITIES.values()))
+    described = [m.description for m in applied]
+    assert described[:3] == ["create table schema_migration", "create table import_batch", "create table import_row"]
+    assert "create index member_match_key on member" in described and "create table eop" in described
+    assert migrations(target) == described
+    with target.connect() as conn:
+        versions = {r[0] for r in conn.exec_driver_sql(f"SELECT spec_version FROM {MIGRATION_TABLE}")}
+        assert set(target.catalog(conn)) >= {"member", "claim", "import_row", MIGRATION_TABLE}
+    assert len(versions) == 1
+
+    again = open_target(target_url)  # the next run: nothing to do, nothing recorded
+    try:
+        with again.begin() as conn:
+            assert again.migrate(conn, list(ENTITIES.values())) == []
+    finally:
+        again.dispose()
+    assert migrations(target) == described
+
+
+def test_a_previous_release_target_gains_the_missing_column_and_keeps_its_rows(target):
+    run_script(target, PREVIOUS_RELEASE.read_text().replace(
+        "CREATE INDEX IF NOT EXISTS member_match_key ON member (match_key);", ""))
+    with target.begin() as conn:
+        conn.exec_driver_sql("INSERT INTO member (member_id, first_name) VALUES ('M1', 'Ann')")
+    with target.begin() as conn:
+        applied = [m.description for m in target.migrate(conn, list(ENTITIES.values()))]
+    assert applied == ["create table schema_migration", "add column member.relationship",
+                       "create index member_match_key on member"]
+    with target.connect() as conn:
+        assert conn.exec_driver_sql("SELECT member_id, first_name, relationship FROM member").all() == [
+            ("M1", "Ann", None)]
+        assert "member_match_key" in target.catalog(conn)["member"].indexes
+
+
+def test_a_retyped_column_fails_naming_it_and_nothing_is_applied(target):
+    run_script(target, PREVIOUS_RELEASE.read_text().replace("billed_amount NUMERIC(14,2)", "billed_amount TEXT"))
+    with target.connect() as conn:
+        conn.begin()
+        with pytest.raises(TargetSchemaError) as caught:
+            target.migrate(conn, list(ENTITIES.values()))
+        conn.rollback()
+    assert caught.value.code == "target_schema_differs"
+    assert "claim.billed_amount" in caught.value.reason and "NUMERIC(14,2)" in caught.value.reason
+    with target.connect() as conn:
+        catalog = target.catalog(conn)
+    assert MIGRATION_TABLE not in catalog and "relationship" not in catalog["member"].columns
+
+
+def test_rolled_back_transaction_leaves_no_trace(target):
+    with target.connect() as conn:
+        transaction = conn.begin()
+        target.serialize_publishes(conn)
+        target.migrate(conn, list(ENTITIES.values()))
+        transaction.rollback()
+    with target.connect() as conn:
+        assert target.catalog(conn) == {}
+
+
+AWKWARD = [(1, "plain", dt.date(1980, 1, 1), decimal.Decimal("12.50")),
+           (2, 'a "quoted", comma\nand newline', None, decimal.Decimal("-0.01")),
+           (3, None, dt.date(2024, 2, 29), None),
+           (4, "Zoë ✓", dt.date(1900, 1, 1), decimal.Decimal("999999999999.99"))]
+
+
+def test_load_and_fetch_round_trip_with_files_only_in_the_batch_folder(target, work_dir):
+    duck = duckdb.connect()
+    duck.execute("CREATE TABLE rows (rid BIGINT, note VARCHAR, day DATE, amount DECIMAL(14,2))")
+    duck.executemany("INSERT INTO rows VALUES (?, ?, ?, ?)", AWKWARD)
+    with target.connect() as conn:
+        conn.begin()
+        target.temp_table(conn, "moved", {"rid": "bigint", "note": "text", "day": "date", "amount": "decimal(14,2)"},
+                          primary_key="rid")
+        target.load(conn, duck, "SELECT * FROM rows", "moved", ["rid", "note", "day", "amount"])
+        target.fetch(conn, duck, "SELECT rid, note, day, amount FROM moved", "back",
+                     {"rid": "BIGINT", "note": "VARCHAR", "day": "DATE", "amount": "DECIMAL(14,2)"})
+        assert duck.execute("SELECT * FROM back ORDER BY rid").fetchall() == AWKWARD
+        with pytest.raises(Exception, match="no_such_table"):  # a failed move removes its file too
+            target.load(conn, duck, "SELECT rid FROM rows", "no_such_table", ["rid"])
+        conn.rollback()
+    assert list(work_dir.iterdir()) == []
+
+
+def test_bulk_moves_without_a_batch_folder_are_refused(target_url):
+    bare = open_target(target_url)
+    try:
+        with bare.connect() as conn, pytest.raises(ValueError, match="batch's folder"):
+            bare.fetch(conn, duckdb.connect(), "SELECT 1", "x", {"one": "INTEGER"})
+    finally:
+        bare.dispose()
+
+
+def provider_rows(duck: duckdb.DuckDBPyConnection, *rows: tuple) -> None:
+    cols = [c for c, _ in stored_columns(PROVIDER)]
+    duck.execute(f"CREATE OR REPLACE TABLE provider (rid BIGINT, {', '.join(c + ' VARCHAR' for c in cols)})")
+    for rid, (key, name, phone) in enumerate(rows, start=1):
+        duck.execute(f"INSERT INTO provider (rid, {', '.join(cols[:2])}, phone) VALUES (?, ?, ?, ?)",
+                     [rid, key, name, phone])
+
+
+def apply(target, duck, batch_id: str, write: bool = True) -> dict[int, tuple]:
+    with target.begin() as conn:
+        target.serialize_publishes(conn)
+        target.migrate(conn, list(ENTITIES.values()))
+        target.apply_entity(conn, duck, PROVIDER, batch_id, "2026-11-22T08:00:00+00:00", write=write)
+    return {r[0]: r[1:] for r in duck.execute(
+        "SELECT rid, key, status, changed_fields, first_rid FROM outcome_provider").fetchall()}
+
+
+def test_upsert_outcomes_and_an_empty_cell_never_erases(target):
+    duck = duckdb.connect()
+    provider_rows(duck, ("P1", "Harbor", "6175550101"), ("P2", "Bay", None))
+    assert {k: v[1] for k, v in apply(target, duck, "b1").items()} == {1: "Created", 2: "Created"}
+
+    provider_rows(duck, ("P1", "Harbor", None), ("P2", "Bay Clinic", "5085550102"), ("P2", "Other", None))
+    dry = apply(target, duck, "b2", write=False)
+    outcome = apply(target, duck, "b2")
+    assert dry == outcome
+    assert outcome[1][1] == "Unchanged" and not outcome[1][2]
+    assert outcome[2][1] == "Updated" and set(outcome[2][2].strip(",").split(",")) == {"provider_name", "phone"}
+    assert outcome[3][1] == "Conflict" and outcome[3][3] == 2
+    with target.connect() as conn:
+        stored = conn.exec_driver_sql("SELECT provider_id, provider_name, phone, created_batch_id, updated_batch_id "
+                                      "FROM provider ORDER BY 1").all()
+    assert stored == [("P1", "Harbor", "6175550101", "b1", "b1"), ("P2", "Bay Clinic", "5085550102", "b1", "b2")]
+
+
+def test_publishes_are_serialized(target):
+    with target.begin() as conn:
+        target.migrate(conn, [])
+    acquired: list[float] = []
+
+    def second_publish() -> None:
+        with target.begin() as conn:
+            target.serialize_publishes(conn)
+            acquired.append(time.monotonic())
+
+    with target.connect() as conn:
+        transaction = conn.begin()
+        target.serialize_publishes(conn)
+        thread = threading.Thread(target=second_publish)
+        thread.start()
+        time.sleep(0.5)
+        released = time.monotonic()
+        transaction.commit()
+    thread.join(timeout=60)
+    assert acquired and acquired[0] >= released
+
+
+def test_loading_the_code_location_does_not_open_the_target_implementations():
+    code = ("import sys, patient_etl.definitions; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'psycopg' or m.startswith('patient_etl.target.')))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert loaded.returncode == 0, loaded.stderr[-2000:]
+    assert loaded.stdout.strip() == "[]"

@@ -1,0 +1,20 @@
+-- Generated from the entity spec by `python -m patient_etl.target.ddl`, not by hand.
+-- Publish runs it per batch: incoming_/outcome_ are its temporary tables. The same on SQLite.
+INSERT INTO care (
+    care_id, member_id, provider_id, start_date, end_date, care_type, diagnosis_codes, description,
+    extra, created_batch_id, updated_batch_id, created_at, updated_at)
+SELECT s.care_id, s.member_id, s.provider_id, s.start_date, s.end_date, s.care_type, s.diagnosis_codes,
+    s.description, s.extra, :batch_id, :batch_id, :now, :now
+FROM incoming_care s JOIN outcome_care o ON o.rid = s.rid
+WHERE o.status IN ('Created', 'Updated')
+ON CONFLICT (care_id) DO UPDATE SET
+    member_id = coalesce(excluded.member_id, care.member_id),
+    provider_id = coalesce(excluded.provider_id, care.provider_id),
+    start_date = coalesce(excluded.start_date, care.start_date),
+    end_date = coalesce(excluded.end_date, care.end_date),
+    care_type = coalesce(excluded.care_type, care.care_type),
+    diagnosis_codes = coalesce(excluded.diagnosis_codes, care.diagnosis_codes),
+    description = coalesce(excluded.description, care.description),
+    extra = coalesce(excluded.extra, care.extra),
+    updated_batch_id = excluded.updated_batch_id,
+    updated_at = excluded.updated_at;

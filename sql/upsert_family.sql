@@ -1,0 +1,16 @@
+-- Generated from the entity spec by `python -m patient_etl.target.ddl`, not by hand.
+-- Publish runs it per batch: incoming_/outcome_ are its temporary tables. The same on SQLite.
+INSERT INTO family (
+    family_id, family_name, phone, email, addresses, extra, created_batch_id, updated_batch_id,
+    created_at, updated_at)
+SELECT s.family_id, s.family_name, s.phone, s.email, s.addresses, s.extra, :batch_id, :batch_id, :now, :now
+FROM incoming_family s JOIN outcome_family o ON o.rid = s.rid
+WHERE o.status IN ('Created', 'Updated')
+ON CONFLICT (family_id) DO UPDATE SET
+    family_name = coalesce(excluded.family_name, family.family_name),
+    phone = coalesce(excluded.phone, family.phone),
+    email = coalesce(excluded.email, family.email),
+    addresses = coalesce(excluded.addresses, family.addresses),
+    extra = coalesce(excluded.extra, family.extra),
+    updated_batch_id = excluded.updated_batch_id,
+    updated_at = excluded.updated_at;
