@@ -20,7 +20,8 @@ from dagster._core.storage.defs_state.base import set_defs_state_storage
 
 from patient_etl.batches import FINAL_STATUSES, Home, SourceFile
 from patient_etl.entities import ENTITIES, entity_named
-from patient_etl.resources import PartnerSftp, PatientEtl, partner_sftp_from_env
+from patient_etl.resources import PatientEtl
+from patient_etl.sources.resources import Sources, sources_from_env
 from patient_etl.staging.mappings import MappingError, load_mapping, resolve
 
 REPO_DATA = Path(__file__).resolve().parents[1] / "data"
@@ -58,19 +59,19 @@ def import_batch(paths: list[str], etl: PatientEtl, dry_run: bool = False, mappi
 
 
 def run_batch(batch_id: str, etl: PatientEtl, dry_run: bool = False,
-              instance: dg.DagsterInstance | None = None, sftp: PartnerSftp | None = None) -> dict:
+              instance: dg.DagsterInstance | None = None, sources: Sources | None = None) -> dict:
     """Run the whole flow on a registered batch in-process (a first run, or a reprocess)."""
     from patient_etl.definitions import build_defs
 
     if instance is None:
         with (dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()) as own:
-            return run_batch(batch_id, etl, dry_run, own, sftp)
+            return run_batch(batch_id, etl, dry_run, own, sources)
     instance.add_dynamic_partitions("batches", [batch_id])
     defs = build_defs()
     # Definitions resolve their state against the current instance's storage; in a process that has
     # opened other instances before (tests, notebooks) that may be a closed one: name ours.
     with set_defs_state_storage(instance.defs_state_storage):
-        result = _materialize(defs, batch_id, etl, dry_run, instance, sftp)
+        result = _materialize(defs, batch_id, etl, dry_run, instance, sources)
     batch = etl.registry().require(batch_id)
     status = batch.status if batch.status in FINAL_STATUSES else "Error"
     if not result.success and status != "Failed":
@@ -87,12 +88,12 @@ def run_batch(batch_id: str, etl: PatientEtl, dry_run: bool = False,
 
 
 def _materialize(defs: dg.Definitions, batch_id: str, etl: PatientEtl, dry_run: bool,
-                 instance: dg.DagsterInstance, sftp: PartnerSftp | None) -> dg.ExecuteInProcessResult:
+                 instance: dg.DagsterInstance, sources: Sources | None) -> dg.ExecuteInProcessResult:
     return dg.materialize(
         [*defs.assets, *defs.asset_checks],
         partition_key=batch_id,
         instance=instance,
-        resources={"etl": etl, "sftp": sftp or partner_sftp_from_env()},
+        resources={"etl": etl, "sources": sources or sources_from_env()},
         run_config={"ops": {"published_batch": {"config": {"dry_run": dry_run}}}},
         raise_on_error=False,
         tags={"source": "cli"},

@@ -7,9 +7,10 @@ from patient_etl.entities import assets as entity_assets
 from patient_etl.jobs import import_job
 from patient_etl.publish import assets as publish_assets
 from patient_etl.quality import assets as quality_assets
-from patient_etl.resources import partner_sftp_from_env, patient_etl_from_env
+from patient_etl.resources import patient_etl_from_env
 from patient_etl.sources import assets as source_assets
 from patient_etl.sources import delivery, sensors
+from patient_etl.sources.resources import sources_from_env
 from patient_etl.staging import assets as staging_assets
 
 
@@ -23,7 +24,7 @@ def build_defs() -> dg.Definitions:
         delivery.defs(),
         sensors.defs(),
         schedules.defs(),
-        dg.Definitions(jobs=[import_job], resources={"etl": patient_etl_from_env(), "sftp": partner_sftp_from_env()}),
+        dg.Definitions(jobs=[import_job], resources={"etl": patient_etl_from_env(), "sources": sources_from_env()}),
     )
 
 

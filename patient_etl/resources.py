@@ -8,7 +8,6 @@ from pathlib import Path
 import dagster as dg
 
 from patient_etl.batches import Home, Registry
-from patient_etl.sources.sftp import SftpServer, sftp_server_from_env
 from patient_etl.staging.load import DEFAULT_MAX_BYTES
 
 
@@ -23,7 +22,6 @@ class PatientEtl(dg.ConfigurableResource):
     target_url: str | None = None
     max_file_bytes: int = DEFAULT_MAX_BYTES
     process_on_arrival: bool = True
-    settle_seconds: float = 0.0
     webhook_url: str | None = None
     webhook_secret: str | None = None
 
@@ -63,19 +61,3 @@ def patient_etl_from_env() -> PatientEtl:
     if "PATIENT_ETL_MAX_FILE_BYTES" in os.environ:
         env["max_file_bytes"] = dg.EnvVar.int("PATIENT_ETL_MAX_FILE_BYTES")
     return PatientEtl(**env)
-
-
-class PartnerSftp(dg.ConfigurableResource):
-    """The partners' SFTP server; `server` is None when PATIENT_ETL_SFTP_HOST is not set."""
-
-    server: SftpServer | None = None
-
-    def require(self) -> SftpServer:
-        if self.server is None:
-            raise dg.Failure(description="this batch came from SFTP, but PATIENT_ETL_SFTP_HOST is not set",
-                             allow_retries=False)
-        return self.server
-
-
-def partner_sftp_from_env() -> PartnerSftp:
-    return PartnerSftp(server=sftp_server_from_env())

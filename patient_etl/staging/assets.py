@@ -5,16 +5,17 @@ import dagster as dg
 from patient_etl.errors import phi_safe
 from patient_etl.partitions import batches
 from patient_etl.publish.batch import record_failure
-from patient_etl.resources import PartnerSftp, PatientEtl
+from patient_etl.resources import PatientEtl
+from patient_etl.sources import deliver_results
 from patient_etl.sources.assets import landed_batch
-from patient_etl.sources.delivery import deliver_or_warn
 from patient_etl.sources.landing import landed_paths
+from patient_etl.sources.resources import Sources
 from patient_etl.staging.load import FileRejected, stage_files
 from patient_etl.staging.mappings import MappingError, load_mapping
 
 
 @dg.asset(partitions_def=batches, group_name="stage", deps=[landed_batch])
-def staged_rows(context: dg.AssetExecutionContext, etl: PatientEtl, sftp: PartnerSftp) -> dg.MaterializeResult:
+def staged_rows(context: dg.AssetExecutionContext, etl: PatientEtl, sources: Sources) -> dg.MaterializeResult:
     """Every row of the batch's files in DuckDB (one database per batch), header mapped to fields."""
     home, registry = etl.home_dir(), etl.registry()
     batch = registry.require(context.partition_key)
@@ -30,8 +31,7 @@ def staged_rows(context: dg.AssetExecutionContext, etl: PatientEtl, sftp: Partne
         results_file = record_failure(home, batch, etl.target(), reason)
         batch = registry.set_status(batch, "Failed", reason=reason, results_file=results_file, counts={})
         etl.notify(context.log, batch)
-        if batch.source == "sftp":
-            deliver_or_warn(context.log, registry, batch, sftp)
+        deliver_results(registry, batch, sources, log=context.log)
         raise dg.Failure(
             description=f"Batch failed at file level ({exc.code}): {reason}",
             metadata={"failure": exc.code, "results_file": dg.MetadataValue.path(results_file)},
