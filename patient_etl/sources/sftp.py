@@ -23,13 +23,16 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import dagster as dg
-import paramiko
 
 from patient_etl.batches import Home, SourceFile
 from patient_etl.sources.base import DONE_SUFFIX, Pending, Source, SourceUnavailable, is_candidate
 from patient_etl.sources.base import SourceChanged as _SourceChanged
+
+if TYPE_CHECKING:  # paramiko is imported by the methods that connect: loading the code location skips it
+    import paramiko
 
 REQUEST_BYTES = 32 * 1024
 WINDOW_BYTES = 256 * REQUEST_BYTES
@@ -204,6 +207,8 @@ class SftpServer(dg.ConfigurableResource):
 
     @contextmanager
     def _connect(self) -> Iterator[paramiko.SFTPClient]:
+        import paramiko
+
         self._require_resolved()
         known = self._trusted_keys()
         key = self._client_key()
@@ -239,6 +244,8 @@ class SftpServer(dg.ConfigurableResource):
             )
 
     def _trusted_keys(self) -> paramiko.HostKeys | None:
+        import paramiko
+
         if not self.known_hosts and not self.host_key_fingerprint:
             raise SftpHostKeyError(
                 f"no trusted host key for SFTP server {self._where}: set known_hosts "
@@ -255,6 +262,8 @@ class SftpServer(dg.ConfigurableResource):
             raise SftpError(f"cannot read known_hosts file {self.known_hosts}: {_describe(exc)}") from exc
 
     def _client_key(self) -> paramiko.PKey | None:
+        import paramiko
+
         if not self.key_file:
             return None
         try:
@@ -265,6 +274,8 @@ class SftpServer(dg.ConfigurableResource):
     def _open_transport(
         self, known: paramiko.HostKeys | None, key: paramiko.PKey | None,
     ) -> paramiko.Transport:
+        import paramiko
+
         try:
             sock = socket.create_connection((self.host, self.port), timeout=self.connect_timeout_seconds)
         except OSError as exc:
@@ -312,6 +323,8 @@ class SftpServer(dg.ConfigurableResource):
             )
 
     def _authenticate(self, transport: paramiko.Transport, key: paramiko.PKey | None) -> None:
+        import paramiko
+
         if key is None and self.password is None:
             raise SftpError(f"no credentials for SFTP server {self._where}: set key_file or password")
         try:
