@@ -6,10 +6,9 @@ from patient_etl.errors import phi_safe
 from patient_etl.partitions import batches
 from patient_etl.publish.batch import record_failure
 from patient_etl.resources import PatientEtl
-from patient_etl.sources import deliver_results
+from patient_etl.sources import Sources, deliver_results
 from patient_etl.sources.assets import landed_batch
 from patient_etl.sources.landing import landed_paths
-from patient_etl.sources.resources import Sources
 from patient_etl.staging.load import FileRejected, stage_files
 from patient_etl.staging.mappings import MappingError, load_mapping
 
