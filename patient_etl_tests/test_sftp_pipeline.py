@@ -137,7 +137,7 @@ def test_definitions_take_sftp_settings_from_the_environment(monkeypatch, sshd_s
     monkeypatch.setenv("PATIENT_ETL_QUIET_SECONDS", "0")
     (sshd_server.pending / "roster.csv").write_text(ROSTER)
     defs = build_defs()
-    sensor = defs.get_sensor_def("sftp_sensor")
+    sensor = defs.resolve_sensor_def("sftp_sensor")
     resources = dict(defs.resources)  # as configured from the environment, EnvVars resolved per tick
     with dg.instance_for_test() as instance:
         with dg.build_sensor_context(instance=instance, resources=resources) as context:
