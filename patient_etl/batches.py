@@ -73,15 +73,16 @@ class Home:
 @dataclass
 class SourceFile:
     name: str  # the name the partner gave it
-    location: str  # local path, or the remote name in the SFTP pending folder
+    location: str  # local path, the remote name in the SFTP pending folder, or the object key
     size: int
     mtime_ns: int
+    etag: str | None = None  # object stores: the version that was registered
 
 
 @dataclass
 class Batch:
     batch_id: str
-    source: str  # upload | sftp | cli
+    source: str  # upload | sftp | s3 | cli: the `Source.kind` that lands, retires and answers it
     files: list[SourceFile]
     registered_at: str
     status: str = "Registered"
@@ -92,7 +93,7 @@ class Batch:
     results_file: str | None = None
     history: list[dict] = field(default_factory=list)
     dry_run: bool = False
-    remote: dict = field(default_factory=dict)  # SFTP: names retired from pending, results delivered
+    remote: dict = field(default_factory=dict)  # source bookkeeping: files retired, results delivered
     failure: str | None = None  # for a Failed batch: "file" (the partner's file) or "run" (ours to fix)
 
     @property

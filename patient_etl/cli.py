@@ -28,7 +28,9 @@ from dagster._core.storage.defs_state.base import set_defs_state_storage
 from patient_etl.batches import Home, SourceFile
 from patient_etl.entities import ENTITIES, entity_named
 from patient_etl.failure import end_failed_run
-from patient_etl.resources import PartnerSftp, PatientEtl, patient_etl_from_env
+from patient_etl.resources import PatientEtl, patient_etl_from_env
+from patient_etl.sources import Sources
+from patient_etl.sources.resources import sources_from_env
 from patient_etl.staging.mappings import MappingError, load_mapping, resolve
 
 REPO_DATA = Path(__file__).resolve().parents[1] / "data"
@@ -104,22 +106,22 @@ def import_batch(paths: list[str], etl: PatientEtl, dry_run: bool = False, mappi
 
 
 def run_batch(batch_id: str, etl: PatientEtl, dry_run: bool = False, instance: dg.DagsterInstance | None = None,
-              sftp: PartnerSftp | None = None, verbose: bool = False) -> dict:
+              sources: Sources | None = None, verbose: bool = False) -> dict:
     """Run `import_job` on a registered batch in-process (a first run, or a reprocess), in `instance`
     (by default this home's); a failed run ends its batch through the one failure path."""
     from patient_etl.definitions import build_defs
 
     if instance is None:
         with home_instance(etl.home_dir()) as own:
-            return run_batch(batch_id, etl, dry_run, own, sftp, verbose)
+            return run_batch(batch_id, etl, dry_run, own, sources, verbose)
     registry = etl.registry()
     registry.require(batch_id)
     if not instance.has_dynamic_partition("batches", batch_id):
         instance.add_dynamic_partitions("batches", [batch_id])
-    resources: dict = {"etl": etl}
-    if sftp is not None:
-        resources["sftp"] = sftp
-    job = build_defs(resources).resolve_job_def("import_job")
+    # The CLI is its own launcher: settings and sources are read from the environment now, as the code
+    # location's EnvVars would be at run time.
+    sources = sources or sources_from_env(resolve=True)
+    job = build_defs({"etl": etl, "sources": sources}).resolve_job_def("import_job")
     run_config: dict = {"ops": {"published_batch": {"config": {"dry_run": dry_run}}}}
     if not verbose:  # the summary is the output; Dagster's own log stays in the instance
         run_config["loggers"] = {"console": {"config": {"log_level": "CRITICAL"}}}
@@ -129,7 +131,7 @@ def run_batch(batch_id: str, etl: PatientEtl, dry_run: bool = False, instance: d
         result = job.execute_in_process(instance=instance, partition_key=batch_id, run_config=run_config,
                                         tags={"launched_by": "cli"}, raise_on_error=False)
     if not result.success:
-        end_failed_run(log, etl, instance, result.dagster_run)
+        end_failed_run(log, etl, instance, result.dagster_run, sources)
     batch = registry.require(batch_id)
     return {
         "batch_id": batch.batch_id,

@@ -10,9 +10,10 @@ from patient_etl.normalize import assets as normalize_assets
 from patient_etl.publish import assets as publish_assets
 from patient_etl.quality import assets as quality_assets
 from patient_etl.quality import checks as quality_checks
-from patient_etl.resources import partner_sftp_from_env, patient_etl_from_env
+from patient_etl.resources import patient_etl_from_env
 from patient_etl.sources import assets as source_assets
 from patient_etl.sources import delivery, sensors
+from patient_etl.sources.resources import sources_from_env
 from patient_etl.staging import assets as staging_assets
 
 
@@ -31,7 +32,7 @@ def build_defs(resources: dict | None = None) -> dg.Definitions:
         dg.Definitions(
             jobs=[import_job],
             sensors=[failure.batch_failure_sensor, partitions.batch_partitions_sensor],
-            resources={"etl": patient_etl_from_env(), "sftp": partner_sftp_from_env(), **(resources or {})},
+            resources={"etl": patient_etl_from_env(), "sources": sources_from_env(), **(resources or {})},
             # Every launch (the job, asset-graph Materialize, backfills) runs a batch in one process: a
             # step process would spend seconds importing the code location, a dozen times, and DuckDB
             # already uses both cores; batches run side by side as separate runs.

@@ -21,15 +21,17 @@ from patient_etl import results
 from patient_etl.batches import Batch
 from patient_etl.entities import ENTITIES
 from patient_etl.resources import PatientEtl
+from patient_etl.sources import Sources, deliver_results
 from patient_etl.target import open_target
 
 PARTITION_TAG = "dagster/partition"
 
 
-def fail_batch(log, etl: PatientEtl, batch: Batch, reason: str, failure: str = "file", scope: str = "file") -> Batch:
+def fail_batch(log, etl: PatientEtl, batch: Batch, reason: str, failure: str = "file", scope: str = "file",
+               sources: Sources | None = None) -> Batch:
     """Record `batch` as Failed with `reason`; return it as saved. `failure` says whose fault it is
     ("file": the partner's; "run": ours), `scope` what the results file's message names (file, target,
-    batch)."""
+    batch). With `sources`, the results file goes back to the batch's source (SFTP, object store)."""
     path = results.write_failed(etl.home_dir().results, batch, reason, scope)
     target = open_target(etl.target())
     try:
@@ -42,6 +44,8 @@ def fail_batch(log, etl: PatientEtl, batch: Batch, reason: str, failure: str = "
     batch = etl.registry().set_status(batch, "Failed", reason=reason, results_file=str(path), counts={},
                                       failure=failure)
     etl.notify(log, batch)
+    if sources is not None:
+        deliver_results(etl.registry(), batch, sources, log=log)
     return batch
 
 
@@ -62,21 +66,23 @@ def run_failure_reason(instance: dg.DagsterInstance, run_id: str) -> str:
     return f"run {run_id} failed before any step reported an error (it may have been stopped or killed)"
 
 
-def end_failed_run(log, etl: PatientEtl, instance: dg.DagsterInstance, run: dg.DagsterRun) -> Batch | None:
+def end_failed_run(log, etl: PatientEtl, instance: dg.DagsterInstance, run: dg.DagsterRun,
+                   sources: Sources | None = None) -> Batch | None:
     """End the batch of a failed run as Failed, unless it already ended (Failed at file level, or its
     publish had finished before a later step failed). Returns the batch when it was ended here."""
     batch_id = run.tags.get(PARTITION_TAG)
     batch = etl.registry().get(batch_id) if batch_id else None
     if batch is None or not batch.is_pending:
         return None
-    return fail_batch(log, etl, batch, run_failure_reason(instance, run.run_id), failure="run", scope="batch")
+    return fail_batch(log, etl, batch, run_failure_reason(instance, run.run_id), failure="run", scope="batch",
+                      sources=sources)
 
 
 @dg.run_failure_sensor(name="batch_failure_sensor", minimum_interval_seconds=15,
                        default_status=dg.DefaultSensorStatus.RUNNING)
-def batch_failure_sensor(context: dg.RunFailureSensorContext, etl: PatientEtl):
+def batch_failure_sensor(context: dg.RunFailureSensorContext, etl: PatientEtl, sources: Sources):
     """Every failed batch run ends its batch Failed: results file, batch log, webhook, delivery."""
-    batch = end_failed_run(context.log, etl, context.instance, context.dagster_run)
+    batch = end_failed_run(context.log, etl, context.instance, context.dagster_run, sources)
     if batch is None:
         return dg.SkipReason(f"run {context.dagster_run.run_id}: its batch had already ended")
     return None

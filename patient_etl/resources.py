@@ -8,7 +8,6 @@ from pathlib import Path
 import dagster as dg
 
 from patient_etl.batches import Home, Registry
-from patient_etl.sources.sftp import SftpServer, sftp_server_from_env
 from patient_etl.workspace import Workspace
 
 DEFAULT_MAX_BYTES = 2 * 1024**3
@@ -25,7 +24,6 @@ class PatientEtl(dg.ConfigurableResource):
     target_url: str | None = None
     max_file_bytes: int = DEFAULT_MAX_BYTES
     process_on_arrival: bool = True
-    settle_seconds: float = 0.0
     webhook_url: str | None = None
     webhook_secret: str | None = None
 
@@ -77,19 +75,3 @@ def patient_etl_from_env(resolve: bool = False) -> PatientEtl:
         else:
             env[name] = dg.EnvVar.int(variable) if is_int else dg.EnvVar(variable)
     return PatientEtl(**env)
-
-
-class PartnerSftp(dg.ConfigurableResource):
-    """The partners' SFTP server; `server` is None when PATIENT_ETL_SFTP_HOST is not set."""
-
-    server: SftpServer | None = None
-
-    def require(self) -> SftpServer:
-        if self.server is None:
-            raise dg.Failure(description="this batch came from SFTP, but PATIENT_ETL_SFTP_HOST is not set",
-                             allow_retries=False)
-        return self.server
-
-
-def partner_sftp_from_env() -> PartnerSftp:
-    return PartnerSftp(server=sftp_server_from_env())

@@ -27,6 +27,7 @@ from patient_etl.definitions import build_defs
 from patient_etl.failure import batch_failure_sensor
 from patient_etl.partitions import batch_partitions_sensor
 from patient_etl.resources import PatientEtl
+from patient_etl.sources import Sources
 from patient_etl_tests.conftest import read_results, write_csv
 
 HEADER = "Patient ID,First Name,Last Name,DOB,Sex"
@@ -109,12 +110,12 @@ def test_partitions_lost_with_the_instance_come_back_and_a_backfill_runs(tmp_pat
     (batch_id,) = etl.registry().ids()
     with dg.instance_for_test() as fresh:  # a restart with an empty instance
         assert batch_id not in fresh.get_dynamic_partitions("batches")
-        with dg.build_sensor_context(instance=fresh, resources={"etl": etl}) as context:
+        with dg.build_sensor_context(instance=fresh, resources={"etl": etl, "sources": Sources()}) as context:
             result = batch_partitions_sensor(context)
         (request,) = result.dynamic_partitions_requests
         assert request.partition_keys == [batch_id]
         fresh.add_dynamic_partitions("batches", request.partition_keys)
-        with dg.build_sensor_context(instance=fresh, resources={"etl": etl}) as context:
+        with dg.build_sensor_context(instance=fresh, resources={"etl": etl, "sources": Sources()}) as context:
             assert "all 1 batch partitions are present" in batch_partitions_sensor(context).skip_reason.skip_message
         job = build_defs({"etl": etl}).resolve_job_def("import_job")
         backfill = job.execute_in_process(instance=fresh, partition_key=batch_id, raise_on_error=False)
@@ -146,7 +147,8 @@ def test_a_failed_run_launched_by_dagster_is_ended_by_the_failure_sensor(tmp_pat
     url, received = receiver
     etl = PatientEtl(home=str(home), target_url=UNREACHABLE_PG, webhook_url=url)
     roster = write_csv(tmp_path / "roster.csv", HEADER, "P1,Ann,Lee,1980-01-01,F")
-    batch = etl.registry().register("cli", [SourceFile(roster.name, str(roster), roster.stat().st_size, 0)], "x")
+    stat = roster.stat()
+    batch = etl.registry().register("cli", [SourceFile(roster.name, str(roster), stat.st_size, stat.st_mtime_ns)], "x")
     instance.add_dynamic_partitions("batches", [batch.batch_id])
     job = build_defs({"etl": etl}).resolve_job_def("import_job")
     result = job.execute_in_process(instance=instance, partition_key=batch.batch_id, raise_on_error=False)
@@ -155,7 +157,7 @@ def test_a_failed_run_launched_by_dagster_is_ended_by_the_failure_sensor(tmp_pat
     failure = next(e for e in result.all_events if e.event_type == dg.DagsterEventType.RUN_FAILURE)
     with dg.build_run_status_sensor_context(sensor_name="batch_failure_sensor", dagster_instance=instance,
                                            dagster_run=result.dagster_run, dagster_event=failure,
-                                           resources={"etl": etl}) as context:
+                                           resources={"etl": etl, "sources": Sources()}) as context:
         batch_failure_sensor(context.for_run_failure())
     ended = etl.registry().require(batch.batch_id)
     assert ended.status == "Failed" and "publishing failed" in ended.reason
@@ -163,7 +165,7 @@ def test_a_failed_run_launched_by_dagster_is_ended_by_the_failure_sensor(tmp_pat
     # A second look at the same run changes nothing (the batch already ended).
     with dg.build_run_status_sensor_context(sensor_name="batch_failure_sensor", dagster_instance=instance,
                                            dagster_run=result.dagster_run, dagster_event=failure,
-                                           resources={"etl": etl}) as context:
+                                           resources={"etl": etl, "sources": Sources()}) as context:
         batch_failure_sensor(context.for_run_failure())
     assert len(received) == 1
 

@@ -17,6 +17,7 @@ from patient_etl.batches import Registry
 from patient_etl.definitions import build_defs
 from patient_etl.resources import PatientEtl
 from patient_etl.schedules import nightly_import_schedule_for
+from patient_etl.sources.resources import Sources
 from patient_etl.sources.sensors import upload_folder_sensor
 from patient_etl_tests.conftest import DATA, query, read_results
 
@@ -31,9 +32,10 @@ def env_home(home, pg_url, monkeypatch):
     return PatientEtl(home=str(home), target_url=pg_url)
 
 
-def tick(instance, etl, cursor=None):
-    context = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"etl": etl})
-    return upload_folder_sensor(context)
+def tick(instance, etl, cursor=None, quiet_seconds=0):
+    resources = {"etl": etl, "sources": Sources(quiet_seconds=quiet_seconds)}
+    with dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources) as context:
+        return upload_folder_sensor(context)
 
 
 def run_partition(instance, key: str) -> dg.ExecuteInProcessResult:
@@ -81,21 +83,21 @@ def test_sensor_waits_for_a_complete_file_then_runs_it(instance, env_home, home)
 
 
 def test_sensor_settle_time_and_many_files(instance, home):
-    etl = PatientEtl(home=str(home), settle_seconds=3600)
+    etl = PatientEtl(home=str(home))
     inbox = home / "inbox"
     inbox.mkdir(exist_ok=True)
     for n in range(300):
         (inbox / f"r{n}.csv").write_text(HEADER)
-    first = tick(instance, etl)
-    second = tick(instance, etl, first.cursor)
-    assert not second.run_requests, "files younger than the settle time wait"
+    first = tick(instance, etl, quiet_seconds=3600)
+    second = tick(instance, etl, first.cursor, quiet_seconds=3600)
+    assert not second.run_requests, "files younger than the quiet period wait"
     old = time.time() - 7200
     for path in inbox.iterdir():
         os.utime(path, (old, old))
-    etl = PatientEtl(home=str(home), settle_seconds=3600)
-    third = tick(instance, etl, tick(instance, etl, second.cursor).cursor)
+    again = tick(instance, etl, second.cursor, quiet_seconds=3600)
+    third = tick(instance, etl, again.cursor, quiet_seconds=3600)
     assert len(third.run_requests) == 200, "at most 200 new batches per tick"
-    fourth = tick(instance, etl, third.cursor)
+    fourth = tick(instance, etl, third.cursor, quiet_seconds=3600)
     assert len(fourth.run_requests) == 100
 
 

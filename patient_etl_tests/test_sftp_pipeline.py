@@ -15,8 +15,10 @@ import pytest
 
 from patient_etl.batches import Registry
 from patient_etl.definitions import build_defs
-from patient_etl.resources import PartnerSftp, PatientEtl
+from patient_etl.resources import PatientEtl
+from patient_etl.sources.resources import Sources
 from patient_etl.sources.sensors import sftp_sensor
+from patient_etl.sources.sftp import PartnerSftp
 from patient_etl_tests.conftest import query
 from patient_etl_tests.sshd import SshdServer, sshd_server  # noqa: F401 (fixture)
 
@@ -29,7 +31,7 @@ def partner(sshd_server: SshdServer) -> PartnerSftp:  # noqa: F811
 
 
 def tick(instance, etl, partner, cursor=None):
-    with dg.build_sensor_context(instance=instance, cursor=cursor, resources={"etl": etl, "sftp": partner}) as ctx:
+    with dg.build_sensor_context(instance=instance, cursor=cursor, resources={"etl": etl, "sources": Sources(sftp=partner, quiet_seconds=0)}) as ctx:
         return sftp_sensor(ctx)
 
 
@@ -38,7 +40,7 @@ def run(instance, etl, partner, key, deliver=True):
     defs = build_defs()
     assets = [a for a in defs.assets if deliver or a.key != dg.AssetKey("delivered_results")]
     return dg.materialize([*assets, *defs.asset_checks], partition_key=key, instance=instance,
-                          resources={"etl": etl, "sftp": partner}, raise_on_error=False)
+                          resources={"etl": etl, "sources": Sources(sftp=partner)}, raise_on_error=False)
 
 
 def test_a_dropped_file_is_processed_retired_and_answered(instance, pg_etl, partner, sshd_server):  # noqa: F811
@@ -106,7 +108,7 @@ def test_a_dropped_connection_during_landing_loses_nothing(instance, etl, partne
     down = PartnerSftp(server=sshd_server.resource(connect_timeout_seconds=1))
     failed = dg.materialize([d for d in defs.assets if d.key == dg.AssetKey("landed_batch")],
                             partition_key=request.partition_key, instance=instance,
-                            resources={"etl": etl, "sftp": down}, raise_on_error=False)
+                            resources={"etl": etl, "sources": Sources(sftp=down)}, raise_on_error=False)
     assert not failed.success
     assert path.exists(), "the remote file stays in pending"
     assert not list((etl.home_dir().batch_archive(request.partition_key)).glob("*"))
@@ -132,9 +134,10 @@ def test_definitions_take_sftp_settings_from_the_environment(monkeypatch, sshd_s
     for name, value in sshd_server.env().items():
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("PATIENT_ETL_HOME", str(home))
+    monkeypatch.setenv("PATIENT_ETL_QUIET_SECONDS", "0")
     (sshd_server.pending / "roster.csv").write_text(ROSTER)
     defs = build_defs()
-    sensor = defs.get_sensor_def("sftp_sensor")
+    sensor = defs.resolve_sensor_def("sftp_sensor")
     resources = dict(defs.resources)  # as configured from the environment, EnvVars resolved per tick
     with dg.instance_for_test() as instance:
         with dg.build_sensor_context(instance=instance, resources=resources) as context:

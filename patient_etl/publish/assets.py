@@ -8,6 +8,7 @@ from patient_etl.failure import fail_batch
 from patient_etl.partitions import batches
 from patient_etl.publish.batch import publish_batch
 from patient_etl.resources import PatientEtl
+from patient_etl.sources import Sources
 from patient_etl.target import TargetSchemaError, safe_url
 
 
@@ -17,7 +18,8 @@ class PublishConfig(dg.Config):
 
 @dg.asset(partitions_def=batches, group_name="publish", deps=[dg.AssetKey(name) for name in ENTITIES],
           retry_policy=dg.RetryPolicy(max_retries=2, delay=2))
-def published_batch(context: dg.AssetExecutionContext, config: PublishConfig, etl: PatientEtl) -> dg.MaterializeResult:
+def published_batch(context: dg.AssetExecutionContext, config: PublishConfig, etl: PatientEtl,
+                    sources: Sources) -> dg.MaterializeResult:
     """The batch applied to the target in one transaction, with its results file and row log."""
     registry = etl.registry()
     batch = registry.require(context.partition_key)
@@ -25,7 +27,7 @@ def published_batch(context: dg.AssetExecutionContext, config: PublishConfig, et
         with phi_safe(etl.home_dir(), batch.batch_id, "publishing"):
             summary = publish_batch(etl.home_dir(), batch, etl.target(), dry_run=config.dry_run)
     except TargetSchemaError as exc:  # nothing was applied; retrying cannot help until someone fixes the target
-        batch = fail_batch(context.log, etl, batch, exc.reason, failure="run", scope="target")
+        batch = fail_batch(context.log, etl, batch, exc.reason, failure="run", scope="target", sources=sources)
         raise dg.Failure(description=f"Batch failed: {exc.reason}", allow_retries=False,
                          metadata={"failure": exc.code, "results_file": dg.MetadataValue.path(batch.results_file)},
                          ) from None

@@ -4,8 +4,10 @@ import dagster as dg
 
 from patient_etl.errors import phi_safe
 from patient_etl.partitions import batches
-from patient_etl.resources import PartnerSftp, PatientEtl
-from patient_etl.sources.landing import land_local, land_sftp, sha256_of
+from patient_etl.resources import PatientEtl
+from patient_etl.sources.base import CHANGED_REASON, SourceChanged, sha256_of
+from patient_etl.sources.landing import land_batch
+from patient_etl.sources.resources import Sources
 
 
 @dg.asset(
@@ -13,15 +15,19 @@ from patient_etl.sources.landing import land_local, land_sftp, sha256_of
     group_name="ingest",
     retry_policy=dg.RetryPolicy(max_retries=3, delay=5, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS),
 )
-def landed_batch(context: dg.AssetExecutionContext, etl: PatientEtl, sftp: PartnerSftp) -> dg.MaterializeResult:
+def landed_batch(context: dg.AssetExecutionContext, etl: PatientEtl, sources: Sources) -> dg.MaterializeResult:
     """The batch's raw files, copied into the archive with their sha256 and size."""
     home, registry = etl.home_dir(), etl.registry()
     batch = registry.require(context.partition_key)
     with phi_safe(home, batch.batch_id, "landing"):
-        if batch.source == "sftp":
-            landed = land_sftp(home, registry, batch, sftp.require())
-        else:
-            landed = land_local(home, registry, batch)
+        try:
+            landed = land_batch(home, registry, batch, sources.of_batch(batch))
+        except SourceChanged:
+            # Nothing landed, nothing retired: the file stays pending, its next version is a new batch.
+            batch = registry.set_status(batch, "Failed", reason=CHANGED_REASON, counts={})
+            etl.notify(context.log, batch)
+            raise dg.Failure(description=f"Batch failed at landing: {CHANGED_REASON}",
+                             metadata={"failure": "source_changed"}, allow_retries=False) from None
     return dg.MaterializeResult(metadata={
         "source": batch.source,
         "files": len(landed),

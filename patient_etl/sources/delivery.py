@@ -1,33 +1,52 @@
-"""Results back to the partner: the results file uploaded into the SFTP results folder."""
+"""Results back to the partner, for the sources that take them (SFTP results folder, object store
+results prefix); the upload folder and the command line keep theirs in the home's `results/`."""
+
+from pathlib import Path
 
 import dagster as dg
 
 from patient_etl.batches import Batch, Registry
 from patient_etl.partitions import batches
-from patient_etl.publish.assets import published_batch
-from patient_etl.resources import PartnerSftp, PatientEtl
-from patient_etl.sources.landing import deliver_results
-from patient_etl.sources.sftp import SftpError
+from patient_etl.resources import PatientEtl
+from patient_etl.sources.base import results_name
+from patient_etl.sources.resources import Sources
 
 
-def deliver_or_warn(log, registry: Registry, batch: Batch, sftp: PartnerSftp) -> None:
-    """For a failed batch: its results file goes out now, or a warning says why it could not."""
-    try:
-        deliver_results(registry, batch, sftp.require())
-    except (SftpError, OSError) as exc:
-        log.warning(f"results of failed batch {batch.batch_id} not delivered: {type(exc).__name__}")
+def deliver_results(registry: Registry, batch: Batch, sources: Sources, log=None) -> str | None:
+    """Deliver the batch's results file to its source, once per results file; the name used, or None.
+
+    A no-op for sources that do not deliver, for dry runs and for batches without a results file.
+    With `log` (a failed batch's path) a delivery problem is a warning instead of an error.
+    """
+    source = sources.of_batch(batch)
+    if not source.delivers or batch.dry_run or not batch.results_file:
+        return None
+    delivered = batch.remote.setdefault("delivered", {})
+    if batch.results_file not in delivered:
+        try:
+            delivered[batch.results_file] = source.deliver(Path(batch.results_file), results_name(batch))
+        except Exception as exc:
+            if log is None:
+                raise
+            log.warning(f"results of batch {batch.batch_id} not delivered to the {source.title}: "
+                        f"{type(exc).__name__}")
+            return None
+        registry.save(batch)
+    return delivered[batch.results_file]
 
 
-@dg.asset(partitions_def=batches, group_name="publish", deps=[published_batch],
+@dg.asset(partitions_def=batches, group_name="publish", deps=[dg.AssetKey("published_batch")],
           retry_policy=dg.RetryPolicy(max_retries=4, delay=15, backoff=dg.Backoff.EXPONENTIAL,
                                       jitter=dg.Jitter.PLUS_MINUS))
-def delivered_results(context: dg.AssetExecutionContext, etl: PatientEtl, sftp: PartnerSftp) -> dg.MaterializeResult:
-    """The results file in the partner's SFTP results folder (SFTP batches only)."""
+def delivered_results(context: dg.AssetExecutionContext, etl: PatientEtl, sources: Sources) -> dg.MaterializeResult:
+    """The results file back where the partner looks (sources that deliver: SFTP, object store)."""
     registry = etl.registry()
     batch = registry.require(context.partition_key)
-    if batch.source != "sftp" or batch.dry_run:
-        return dg.MaterializeResult(metadata={"delivered": False, "why": "not an SFTP batch"})
-    remote = deliver_results(registry, batch, sftp.require())
+    source = sources.of_batch(batch)
+    if not source.delivers or batch.dry_run:
+        why = "dry run" if batch.dry_run else f"{source.title} batches keep their results in the home"
+        return dg.MaterializeResult(metadata={"delivered": False, "why": why})
+    remote = deliver_results(registry, batch, sources)
     return dg.MaterializeResult(metadata={"delivered": True, "remote_name": remote})
 
 

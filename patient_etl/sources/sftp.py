@@ -23,9 +23,16 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import dagster as dg
-import paramiko
+
+from patient_etl.batches import Home, SourceFile
+from patient_etl.sources.base import DONE_SUFFIX, Pending, Source, SourceUnavailable, is_candidate
+from patient_etl.sources.base import SourceChanged as _SourceChanged
+
+if TYPE_CHECKING:  # paramiko is imported by the methods that connect: loading the code location skips it
+    import paramiko
 
 REQUEST_BYTES = 32 * 1024
 WINDOW_BYTES = 256 * REQUEST_BYTES
@@ -50,6 +57,10 @@ class SftpError(Exception):
 
 class SftpUnavailable(SftpError):
     """The server could not be reached, dropped the connection, timed out or refused the login."""
+
+
+class SftpChanged(SftpError, _SourceChanged):
+    """The pending file is not the version that was registered, or changed while it was read."""
 
 
 class SftpHostKeyError(SftpError):
@@ -122,11 +133,12 @@ class SftpServer(dg.ConfigurableResource):
         ]
         return sorted(files, key=lambda remote: remote.name)
 
-    def download(self, name: str, dest: Path) -> tuple[int, str]:
+    def download(self, name: str, dest: Path, expected: tuple[int, int] | None = None) -> tuple[int, str]:
         """Stream a pending file to `dest` (atomically, fsynced); return its size and sha256 hex.
 
-        The size and mtime seen before the transfer must still hold after it, and the bytes received
-        must add up to that size: a file the partner is still writing fails instead of landing cut.
+        The size and mtime seen before the transfer must still hold after it (and be `expected`, the
+        registered version, when given), and the bytes received must add up to that size: a file the
+        partner is still writing fails with SftpChanged instead of landing cut.
         """
         source = _join(self.pending_folder, name)
         part = dest.with_name(dest.name + ".part")
@@ -135,6 +147,9 @@ class SftpServer(dg.ConfigurableResource):
                 before = sftp.lstat(source)
                 if before.st_mode is None or not stat.S_ISREG(before.st_mode):
                     raise SftpError(f"{name!r} in {self.pending_folder!r} is not a regular file")
+                if expected is not None and (before.st_size, before.st_mtime) != tuple(expected):
+                    raise SftpChanged(f"{name!r} is not the version that was registered "
+                                      f"({expected[0]} bytes then, {before.st_size} now)")
                 size, digest = _stream(sftp, source, part, before)
             os.replace(part, dest)
         except BaseException:
@@ -142,6 +157,20 @@ class SftpServer(dg.ConfigurableResource):
             raise
         _fsync_folder(dest.parent)
         return size, digest
+
+    def stat_pending(self, name: str) -> RemoteFile | None:
+        """The pending file's size and mtime now, or None when it is gone."""
+        with self._connect() as sftp:
+            try:
+                attrs = sftp.lstat(_join(self.pending_folder, name))
+            except FileNotFoundError:
+                return None
+        return RemoteFile(name, attrs.st_size or 0, int(attrs.st_mtime or 0))
+
+    def remove_pending(self, name: str) -> None:
+        """Delete a file from the pending folder (a completion marker); gone already is fine."""
+        with self._connect() as sftp, suppress(FileNotFoundError):
+            sftp.remove(_join(self.pending_folder, name))
 
     def retire(self, name: str) -> None:
         """Move a landed file out of the pending folder: into the archive folder, or delete it."""
@@ -178,6 +207,8 @@ class SftpServer(dg.ConfigurableResource):
 
     @contextmanager
     def _connect(self) -> Iterator[paramiko.SFTPClient]:
+        import paramiko
+
         self._require_resolved()
         known = self._trusted_keys()
         key = self._client_key()
@@ -213,6 +244,8 @@ class SftpServer(dg.ConfigurableResource):
             )
 
     def _trusted_keys(self) -> paramiko.HostKeys | None:
+        import paramiko
+
         if not self.known_hosts and not self.host_key_fingerprint:
             raise SftpHostKeyError(
                 f"no trusted host key for SFTP server {self._where}: set known_hosts "
@@ -229,6 +262,8 @@ class SftpServer(dg.ConfigurableResource):
             raise SftpError(f"cannot read known_hosts file {self.known_hosts}: {_describe(exc)}") from exc
 
     def _client_key(self) -> paramiko.PKey | None:
+        import paramiko
+
         if not self.key_file:
             return None
         try:
@@ -239,6 +274,8 @@ class SftpServer(dg.ConfigurableResource):
     def _open_transport(
         self, known: paramiko.HostKeys | None, key: paramiko.PKey | None,
     ) -> paramiko.Transport:
+        import paramiko
+
         try:
             sock = socket.create_connection((self.host, self.port), timeout=self.connect_timeout_seconds)
         except OSError as exc:
@@ -286,6 +323,8 @@ class SftpServer(dg.ConfigurableResource):
             )
 
     def _authenticate(self, transport: paramiko.Transport, key: paramiko.PKey | None) -> None:
+        import paramiko
+
         if key is None and self.password is None:
             raise SftpError(f"no credentials for SFTP server {self._where}: set key_file or password")
         try:
@@ -305,15 +344,19 @@ class SftpServer(dg.ConfigurableResource):
             raise SftpUnavailable(f"SFTP server {self._where} asks {self.user!r} for more authentication")
 
 
-def sftp_server_from_env() -> SftpServer | None:
-    """The resource from PATIENT_ETL_SFTP_* (as `dg.EnvVar`s, resolved by Dagster); None without a host."""
+def sftp_server_from_env(resolve: bool = False) -> SftpServer | None:
+    """The resource from PATIENT_ETL_SFTP_* (as `dg.EnvVar`s, resolved by Dagster; or read now with
+    `resolve`, for the CLI); None without a host."""
     if not os.environ.get(ENV_PREFIX + "HOST"):
         return None
     settings = {}
     for field_name, suffix in ENV_FIELDS.items():
-        if os.environ.get(ENV_PREFIX + suffix):
-            env_var = dg.EnvVar.int if field_name == "port" else dg.EnvVar
-            settings[field_name] = env_var(ENV_PREFIX + suffix)
+        variable = ENV_PREFIX + suffix
+        if os.environ.get(variable):
+            if resolve:
+                settings[field_name] = int(os.environ[variable]) if field_name == "port" else os.environ[variable]
+            else:
+                settings[field_name] = (dg.EnvVar.int if field_name == "port" else dg.EnvVar)(variable)
     return SftpServer(**settings)
 
 
@@ -367,7 +410,7 @@ def _stream(
                 total += len(chunk)
         after = remote.stat()
         if total != size or (after.st_size, after.st_mtime) != (size, before.st_mtime):
-            raise SftpError(
+            raise SftpChanged(
                 f"{posixpath.basename(source)!r} changed during the transfer ({size} bytes before, "
                 f"{total} read, {after.st_size} after); the partner may still be writing it"
             )
@@ -430,3 +473,51 @@ def _exists(sftp: paramiko.SFTPClient, path: str) -> bool:
     except FileNotFoundError:
         return False
     return True
+
+
+class PartnerSftp(Source):
+    """The partners' SFTP server as a source; `server` is None when PATIENT_ETL_SFTP_HOST is not set."""
+
+    kind = "sftp"
+    title = "SFTP server"
+    delivers = True
+
+    server: SftpServer | None = None
+
+    def not_configured(self) -> str | None:
+        return None if self.server is not None else "SFTP is not configured (PATIENT_ETL_SFTP_HOST)"
+
+    def require(self) -> SftpServer:
+        if self.server is None:
+            raise dg.Failure(description="this batch came from SFTP, but PATIENT_ETL_SFTP_HOST is not set",
+                             allow_retries=False)
+        return self.server
+
+    def list_pending(self, home: Home) -> list[Pending]:
+        try:
+            remote = self.require().list_pending()
+        except SftpError as exc:
+            raise SourceUnavailable(str(exc)) from exc
+        names = {r.name for r in remote}
+        return [
+            Pending(r.name, (SourceFile(r.name, r.name, r.size, r.mtime * 10**9),), f"{r.name}|{r.size}|{r.mtime}",
+                    (r.size, r.mtime), float(r.mtime), marked=r.name + DONE_SUFFIX in names)
+            for r in remote if is_candidate(r.name)
+        ]
+
+    def land(self, file: SourceFile, dest: Path) -> tuple[int, str]:
+        return self.require().download(file.location, dest, expected=(file.size, file.mtime_ns // 10**9))
+
+    def unchanged(self, file: SourceFile) -> bool:
+        now = self.require().stat_pending(file.location)
+        return now is not None and (now.size, now.mtime) == (file.size, file.mtime_ns // 10**9)
+
+    def retire(self, home: Home, file: SourceFile) -> None:
+        server = self.require()
+        # FileNotFoundError: retired by an earlier attempt that died before recording it.
+        with suppress(FileNotFoundError):
+            server.retire(file.location)
+        server.remove_pending(file.location + DONE_SUFFIX)
+
+    def deliver(self, local: Path, name: str) -> str:
+        return self.require().upload_result(local, name)

@@ -5,9 +5,9 @@ import dagster as dg
 from patient_etl.errors import phi_safe
 from patient_etl.failure import fail_batch
 from patient_etl.partitions import batches
-from patient_etl.resources import PartnerSftp, PatientEtl
+from patient_etl.resources import PatientEtl
+from patient_etl.sources import Sources
 from patient_etl.sources.assets import landed_batch
-from patient_etl.sources.delivery import deliver_or_warn
 from patient_etl.sources.landing import landed_paths
 from patient_etl.staging.load import FileRejected, stage_files
 from patient_etl.staging.mappings import MappingError, load_mapping
@@ -15,7 +15,7 @@ from patient_etl.workspace import STAGED
 
 
 @dg.asset(partitions_def=batches, group_name="stage", deps=[landed_batch])
-def staged_rows(context: dg.AssetExecutionContext, etl: PatientEtl, sftp: PartnerSftp) -> dg.MaterializeResult:
+def staged_rows(context: dg.AssetExecutionContext, etl: PatientEtl, sources: Sources) -> dg.MaterializeResult:
     """Every row of the batch's files in DuckDB (one database per batch), header mapped to fields."""
     home, registry = etl.home_dir(), etl.registry()
     batch = registry.require(context.partition_key)
@@ -25,9 +25,7 @@ def staged_rows(context: dg.AssetExecutionContext, etl: PatientEtl, sftp: Partne
             mapping = load_mapping(batch.mapping) if batch.mapping else None
             staged = stage_files(db, landed_paths(home, batch), etl.max_file_bytes, mapping=mapping)
     except (FileRejected, MappingError) as exc:
-        batch = fail_batch(context.log, etl, batch, exc.reason)
-        if batch.source == "sftp":
-            deliver_or_warn(context.log, registry, batch, sftp)
+        batch = fail_batch(context.log, etl, batch, exc.reason, sources=sources)
         raise dg.Failure(
             description=f"Batch failed at file level ({exc.code}): {exc.reason}",
             metadata={"failure": exc.code, "results_file": dg.MetadataValue.path(batch.results_file)},
