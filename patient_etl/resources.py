@@ -45,7 +45,7 @@ class PatientEtl(dg.ConfigurableResource):
         """The finished-batch webhook, when one is configured; a failed delivery is a warning."""
         if not self.webhook_url:
             return
-        from patient_etl.publish.notify import send
+        from patient_etl.notify import send
 
         problem = send(self.webhook_url, batch, self.webhook_secret)
         if problem:
