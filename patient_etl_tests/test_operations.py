@@ -82,6 +82,8 @@ def test_a_cli_import_is_a_run_in_the_homes_instance_and_quiet(tmp_path, home):
         assert outcome["batch_id"] in instance.get_dynamic_partitions("batches")
         materialized = instance.fetch_materializations(dg.AssetKey("published_batch"), limit=5).records
         assert [m.partition_key for m in materialized] == [outcome["batch_id"]]
+        assert instance.fetch_materializations(dg.AssetKey("delivered_results"), limit=1).records == [], \
+            "a command-line batch keeps its results in the home: no delivery is shown"
         # Row errors show as a failed (WARN) check on the entity, with counts by rule and no values.
         checks = instance.get_records_for_run(record.dagster_run.run_id,
                                               of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION).records

@@ -36,18 +36,21 @@ def deliver_results(registry: Registry, batch: Batch, sources: Sources, log=None
 
 
 @dg.asset(partitions_def=batches, group_name="publish", deps=[dg.AssetKey("published_batch")],
+          output_required=False,
           retry_policy=dg.RetryPolicy(max_retries=4, delay=15, backoff=dg.Backoff.EXPONENTIAL,
                                       jitter=dg.Jitter.PLUS_MINUS))
-def delivered_results(context: dg.AssetExecutionContext, etl: PatientEtl, sources: Sources) -> dg.MaterializeResult:
-    """The results file back where the partner looks (sources that deliver: SFTP, object store)."""
+def delivered_results(context: dg.AssetExecutionContext, etl: PatientEtl, sources: Sources):
+    """The results file back where the partner looks (sources that deliver: SFTP, object store).
+
+    Materialized only for batches whose source delivers: an upload-folder or command-line batch keeps
+    its results in the home, and a dry run delivers nothing, so the partition shows no delivery."""
     registry = etl.registry()
     batch = registry.require(context.partition_key)
-    source = sources.of_batch(batch)
-    if not source.delivers or batch.dry_run:
-        why = "dry run" if batch.dry_run else f"{source.title} batches keep their results in the home"
-        return dg.MaterializeResult(metadata={"delivered": False, "why": why})
+    if not sources.of_batch(batch).delivers or batch.dry_run:
+        context.log.info(f"batch {batch.batch_id}: nothing to deliver ({'dry run' if batch.dry_run else batch.source})")
+        return
     remote = deliver_results(registry, batch, sources)
-    return dg.MaterializeResult(metadata={"delivered": True, "remote_name": remote})
+    yield dg.MaterializeResult(metadata={"delivered": True, "remote_name": remote})
 
 
 def defs() -> dg.Definitions:
