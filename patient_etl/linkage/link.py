@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,7 +47,7 @@ class _DuckDB:
     def __init__(self):
         from splink import DuckDBAPI
 
-        self.con = duckdb.connect()
+        self.con = duckdb.connect()  # in memory, this call's own: Splink's tables vanish with it
         self.api = DuckDBAPI(self.con)
 
     def register(self, table, name: str):
@@ -64,18 +65,24 @@ class _Spark:
         from splink import SparkAPI
 
         self.spark = spark_session(master)
-        self.api = SparkAPI(spark_session=self.spark)
+        # Splink breaks long query lineages by checkpointing, which needs a checkpoint directory (shared
+        # storage on a cluster); without one, persisted tables do the same job.
+        lineage = None if self.spark.sparkContext.getCheckpointDir() else "persist"
+        self.api = SparkAPI(spark_session=self.spark, break_lineage_method=lineage)
+        self.tag = uuid.uuid4().hex[:8]  # temporary views are per session, and the session is shared
+        self.views: list[str] = []
 
     def register(self, table, name: str):
-        return self.api.register(self.spark.createDataFrame(table.to_pandas()), table_name=name)
+        self.views.append(f"{name}_{self.tag}")
+        return self.api.register(self.spark.createDataFrame(table), table_name=self.views[-1])
 
     def arrow(self, sdf):
-        import pyarrow as pa
-
-        return pa.Table.from_pandas(sdf.as_spark_dataframe().toPandas(), preserve_index=False)
+        return sdf.as_spark_dataframe().toArrow()
 
     def close(self):
-        pass  # the session is shared by the process; its owner stops it
+        # Splink's own tables are dropped by the linker; the session is the process's, its owner stops it
+        for view in self.views:
+            self.spark.catalog.dropTempView(view)
 
 
 def spark_session(master: str = "local[2]"):
@@ -86,6 +93,7 @@ def spark_session(master: str = "local[2]"):
     return (SparkSession.builder.master(master).appName("patient_etl linkage")
             .config("spark.jars", similarity_jar_location())
             .config("spark.ui.enabled", "false")
+            .config("spark.ui.showConsoleProgress", "false")
             .config("spark.sql.shuffle.partitions", "4")
             .config("spark.sql.session.timeZone", "UTC")
             .getOrCreate())
@@ -98,7 +106,9 @@ def _backend(settings: LinkageSettings):
 def _linker(backend, records, splink_model):
     from splink import Linker
 
-    return Linker(backend.register(records, "linkage_records"), splink_model or m.splink_settings(), log_level=None)
+    settings = m.for_dialect(splink_model, backend.api.sql_dialect.sql_dialect_str) if splink_model \
+        else m.splink_settings()
+    return Linker(backend.register(records, "linkage_records"), settings, log_level=None)
 
 
 # -- training -------------------------------------------------------------------------------------
@@ -183,6 +193,7 @@ def find_possible_duplicates(
             target_sdf = backend.register(target_records, "linkage_target")
             between = backend.arrow(linker.inference.predict_between(
                 batch_sdf, target_sdf, threshold_match_probability=settings.possible, warning_mode="never"))
+        linker.table_management.delete_tables_created_by_splink_from_db()
     finally:
         backend.close()
 

@@ -111,6 +111,25 @@ def splink_settings():
     )
 
 
+def for_dialect(splink_model: dict[str, Any], dialect: str) -> dict[str, Any]:
+    """The model's SQL in another backend's dialect (a model trained on DuckDB, run on Spark).
+
+    Splink keeps each level's condition as SQL text in the dialect it was trained in, and identifier
+    quoting differs (DuckDB's "x" is a string in Spark SQL). The comparisons are rebuilt for the
+    dialect from the same code and the trained parameters copied over, level by level.
+    """
+    if splink_model.get("sql_dialect") == dialect:
+        return splink_model
+    fresh = splink_settings().get_settings(dialect).as_dict()
+    fresh["probability_two_random_records_match"] = splink_model["probability_two_random_records_match"]
+    for new, old in zip(fresh["comparisons"], splink_model["comparisons"], strict=True):
+        for new_level, old_level in zip(new["comparison_levels"], old["comparison_levels"], strict=True):
+            for key in ("m_probability", "u_probability"):
+                if key in old_level:
+                    new_level[key] = old_level[key]
+    return fresh
+
+
 def train(linker, settings: LinkageSettings, records: int) -> None:
     """Estimate the model on the linker's input records, without labels."""
     from splink import block_on
