@@ -9,6 +9,7 @@ tables shaped as normalization leaves them, with a target of deterministic synth
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import stat
 from pathlib import Path
@@ -175,3 +176,16 @@ def test_thresholds_are_checked():
         LinkageSettings(engine="oracle")
 
 
+
+
+def test_no_phi_reaches_the_logs(con, models, caplog):
+    """Linkage logs counts and model versions only, whatever Splink says at debug level."""
+    add_members(con, "target", [JOHN], batch=False)
+    add_members(con, "batch", [JON, JONATHAN, STRANGER], batch=True)
+    with caplog.at_level(logging.DEBUG):
+        assert find_possible_duplicates(con, "batch", "target", models).pairs == 3
+    logged = caplog.text.lower()
+    assert "linkage: 3 pairs" in logged and "splink" in logged  # ours and Splink's debug lines were captured
+    for phi in ("john", "smith", "smyth", "ishikawa", "1980-04-12", "9785550123", "harbor",
+                ssn_hash("123-45-6789", KEY)):
+        assert phi not in logged, phi
