@@ -155,6 +155,21 @@ def test_the_model_is_trained_once_saved_and_reused(con, tmp_path):
     assert find_possible_duplicates(con, "batch", "target", models).model_version == 2
 
 
+def test_a_first_small_batch_uses_the_cold_start_model_and_saves_none(tmp_path):
+    """Too few members to learn from: the shipped model links them, and the first run with enough
+    members trains the real one."""
+    con = duckdb.connect()
+    add_members(con, "target", [], batch=False)
+    add_members(con, "batch", [JOHN, JON, JONATHAN, SPOUSE, STRANGER], batch=True)
+    models = tmp_path / "linkage"
+    result = find_possible_duplicates(con, "batch", "target", models)
+    assert (result.model_version, result.trained) == (0, False)
+    assert pairs(con) == {("B-7", "batch", "A-1"), ("B-8", "batch", "A-1"), ("B-8", "batch", "B-7")}
+    assert current_model(models) is None
+    with pytest.raises(ValueError, match="too few members"):
+        train_model(con, "target", models, batch="batch")
+
+
 def test_ssn_takes_part_only_as_a_keyed_hash():
     assert ssn_hash("123-45-6789", KEY) == ssn_hash("123456789", KEY)
     assert ssn_hash("123456789", KEY) != ssn_hash("123456789", b"another key")

@@ -2,7 +2,8 @@
 
 A batch's normalized members are linked within the batch and against the target's members with a
 Fellegi-Sunter model (Splink, on DuckDB or Spark). The model is trained without labels from the
-target's members and kept as a versioned JSON file under the home. Nothing here merges anything: the
+target's members and kept as a versioned JSON file under the home; while there are too few members to
+train on, a cold-start model shipped with the package stands in. Nothing here merges anything: the
 output is a list of pairs for a person to review.
 
 Heavy libraries (splink, pyspark) are imported inside the functions that need them, so importing this

@@ -16,6 +16,7 @@ from pathlib import Path
 import duckdb
 
 from patient_etl.linkage import model as m
+from patient_etl.linkage.default import default_model
 from patient_etl.linkage.records import IDENTITY_COLUMNS, RECORD_COLUMNS, member_records_sql
 from patient_etl.linkage.settings import LinkageSettings
 
@@ -36,8 +37,8 @@ class LinkResult:
     against_target: int
     batch_members: int
     target_members: int
-    model_version: int
-    trained: bool  # the model was trained by this call (none existed yet)
+    model_version: int  # 0: the cold-start model (too few members to train on yet)
+    trained: bool  # the model was trained and saved by this call (none existed yet)
     seconds: float
 
 
@@ -126,6 +127,9 @@ def train_model(con: duckdb.DuckDBPyConnection, target: str, model_dir: Path | s
         tables.append(member_records_sql(con, batch, "batch"))
     cols = ", ".join(RECORD_COLUMNS)
     records = con.sql(" UNION ALL ".join(f"SELECT {cols} FROM ({sql})" for sql in tables)).to_arrow_table()
+    if records.num_rows < m.MIN_TRAINING_RECORDS:
+        raise ValueError(f"too few members to train a linkage model: {records.num_rows} "
+                         f"(at least {m.MIN_TRAINING_RECORDS})")
     backend = _backend(settings)
     try:
         linker = _linker(backend, records, None)
@@ -169,11 +173,13 @@ def find_possible_duplicates(
     n_target = con.sql("SELECT count(*) FROM _linkage_target").fetchall()[0][0]
 
     info = m.current_model(model_dir)
-    trained = info is None
-    if trained:
-        # First run: train on the target with this batch (never on the batch alone when the target
-        # has members; when it has none, the batch is all there is).
-        info = train_model(con, target, model_dir, settings, batch=batch)
+    trained = False
+    if info is None and n_target + n_batch >= m.MIN_TRAINING_RECORDS:
+        # First run with enough members: train on the target with this batch (never on the batch
+        # alone when the target has members; when it has none, the batch is all there is).
+        info, trained = train_model(con, target, model_dir, settings, batch=batch), True
+    elif info is None:
+        info = default_model()  # too few to train on: the cold-start model, not saved
 
     cols = ", ".join(RECORD_COLUMNS)
     batch_records = con.sql(f"SELECT {cols} FROM _linkage_batch").to_arrow_table()

@@ -23,6 +23,9 @@ log = logging.getLogger(__name__)
 
 # Bump when the comparisons or record columns change: a model of another feature version is not reused.
 FEATURES = 1
+# Fewer records than this (target and batch together) and EM has too few pairs to learn from: the
+# cold-start model (patient_etl/linkage/default.py) is used instead and nothing is saved.
+MIN_TRAINING_RECORDS = 1000
 _MODEL_FILE = re.compile(r"^model-v(\d+)\.json$")
 # Names compared with term-frequency adjustment: agreeing on a rare name says more than on a common one.
 TF_COLUMNS = ("first_name", "last_name")
