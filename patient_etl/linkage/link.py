@@ -54,6 +54,11 @@ class _DuckDB:
     def register(self, table, name: str):
         return self.api.register(table, table_name=name)
 
+    def union(self, first, second, name: str):
+        self.con.execute(f"CREATE VIEW {name} AS SELECT * FROM {first.physical_name} "
+                         f"UNION ALL SELECT * FROM {second.physical_name}")
+        return self.api.register(name, table_name=f"{name}_input")
+
     def arrow(self, sdf):
         return self.con.sql(f"SELECT * FROM {sdf.physical_name}").to_arrow_table()
 
@@ -76,6 +81,11 @@ class _Spark:
     def register(self, table, name: str):
         self.views.append(f"{name}_{self.tag}")
         return self.api.register(self.spark.createDataFrame(table), table_name=self.views[-1])
+
+    def union(self, first, second, name: str):
+        self.views.append(f"{name}_{self.tag}")
+        both = first.as_spark_dataframe().unionByName(second.as_spark_dataframe())
+        return self.api.register(both, table_name=self.views[-1])
 
     def arrow(self, sdf):
         return sdf.as_spark_dataframe().toArrow()
@@ -105,11 +115,12 @@ def _backend(settings: LinkageSettings):
 
 
 def _linker(backend, records, splink_model):
+    """A linker over `records` (a registered table) with the saved model, or untrained settings."""
     from splink import Linker
 
     settings = m.for_dialect(splink_model, backend.api.sql_dialect.sql_dialect_str) if splink_model \
         else m.splink_settings()
-    return Linker(backend.register(records, "linkage_records"), settings, log_level=None)
+    return Linker(records, settings, log_level=None)
 
 
 # -- training -------------------------------------------------------------------------------------
@@ -132,7 +143,7 @@ def train_model(con: duckdb.DuckDBPyConnection, target: str, model_dir: Path | s
                          f"(at least {m.MIN_TRAINING_RECORDS})")
     backend = _backend(settings)
     try:
-        linker = _linker(backend, records, None)
+        linker = _linker(backend, backend.register(records, "linkage_records"), None)
         m.train(linker, settings, records.num_rows)
         splink_model = linker.misc.save_model_to_json()
     finally:
@@ -167,10 +178,11 @@ def find_possible_duplicates(
     """
     settings = settings or LinkageSettings()
     started = time.perf_counter()
-    con.execute(f"CREATE OR REPLACE TEMP TABLE _linkage_batch AS {member_records_sql(con, batch, 'batch')}")
-    con.execute(f"CREATE OR REPLACE TEMP TABLE _linkage_target AS {member_records_sql(con, target, 'target')}")
-    n_batch = con.sql("SELECT count(*) FROM _linkage_batch").fetchall()[0][0]
-    n_target = con.sql("SELECT count(*) FROM _linkage_target").fetchall()[0][0]
+    # One copy of the records, in Arrow: Splink reads the compared columns (a zero-copy selection),
+    # the output joins the identity columns back (a view over the same buffers).
+    batch_records = con.sql(member_records_sql(con, batch, "batch")).to_arrow_table()
+    target_records = con.sql(member_records_sql(con, target, "target")).to_arrow_table()
+    n_batch, n_target = batch_records.num_rows, target_records.num_rows
 
     info = m.current_model(model_dir)
     trained = False
@@ -181,31 +193,31 @@ def find_possible_duplicates(
     elif info is None:
         info = default_model()  # too few to train on: the cold-start model, not saved
 
-    cols = ", ".join(RECORD_COLUMNS)
-    batch_records = con.sql(f"SELECT {cols} FROM _linkage_batch").to_arrow_table()
-    target_records = con.sql(f"SELECT {cols} FROM _linkage_target").to_arrow_table()
-    all_records = con.sql(f"SELECT {cols} FROM _linkage_batch UNION ALL SELECT {cols} FROM _linkage_target"
-                          ).to_arrow_table()
     backend = _backend(settings)
     try:
-        linker = _linker(backend, all_records, info.splink)
+        batch_sdf = backend.register(batch_records.select(list(RECORD_COLUMNS)), "linkage_batch")
+        target_sdf = backend.register(target_records.select(list(RECORD_COLUMNS)), "linkage_target")
+        linker = _linker(backend, backend.union(batch_sdf, target_sdf, "linkage_records"), info.splink)
         for column in m.TF_COLUMNS:  # frequencies over the target and the batch together
             linker.table_management.compute_tf_table(column)
-        batch_sdf = backend.register(batch_records, "linkage_batch")
         within = backend.arrow(linker.inference.predict_within(
             batch_sdf, threshold_match_probability=settings.possible, warning_mode="never"))
         between = None
         if n_target:
-            target_sdf = backend.register(target_records, "linkage_target")
             between = backend.arrow(linker.inference.predict_between(
                 batch_sdf, target_sdf, threshold_match_probability=settings.possible, warning_mode="never"))
         linker.table_management.delete_tables_created_by_splink_from_db()
     finally:
         backend.close()
 
-    _write_pairs(con, within, between, info.splink, settings, into, known_different)
+    con.register("_linkage_batch", batch_records)
+    con.register("_linkage_target", target_records)
+    try:
+        _write_pairs(con, within, between, info.splink, settings, into, known_different)
+    finally:
+        con.unregister("_linkage_batch")
+        con.unregister("_linkage_target")
     counts = dict(con.sql(f"SELECT duplicate_in, count(*) FROM {into} GROUP BY ALL").fetchall())
-    con.execute("DROP TABLE IF EXISTS _linkage_batch; DROP TABLE IF EXISTS _linkage_target")
     result = LinkResult(
         pairs=sum(counts.values()), within_batch=counts.get("batch", 0), against_target=counts.get("target", 0),
         batch_members=n_batch, target_members=n_target, model_version=info.version, trained=trained,
