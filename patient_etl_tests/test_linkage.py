@@ -25,6 +25,7 @@ from patient_etl.linkage import (
     synthetic,
     train_model,
 )
+from patient_etl.linkage.link import PAIR_COLUMNS
 
 KEY = b"test-hash-key"
 COLUMNS = ("member_id", "first_name", "last_name", "birth_date", "sex", "addresses", "emails", "phones",
@@ -181,6 +182,8 @@ def test_an_empty_batch_links_to_nothing(con, models):
     add_members(con, "batch", [], batch=True)
     result = find_possible_duplicates(con, "batch", "target", models)
     assert (result.pairs, result.batch_members) == (0, 0)
+    described = con.sql("DESCRIBE possible_duplicates").fetchall()
+    assert {name: kind for name, kind, *_ in described} == PAIR_COLUMNS  # the contract, even when empty
     assert con.sql("SELECT count(*) FROM possible_duplicates").fetchall()[0][0] == 0
 
 

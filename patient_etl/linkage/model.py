@@ -29,8 +29,6 @@ MIN_TRAINING_RECORDS = 1000
 _MODEL_FILE = re.compile(r"^model-v(\d+)\.json$")
 # Names compared with term-frequency adjustment: agreeing on a rare name says more than on a common one.
 TF_COLUMNS = ("first_name", "last_name")
-# Fields named in a pair's `agreed` list, by the Splink comparison that scores them.
-FIELDS = ("first_name", "last_name", "birth_date", "sex", "address_line1", "zip", "phone", "email", "ssn_hash")
 
 
 @dataclass(frozen=True)
