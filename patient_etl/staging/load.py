@@ -48,6 +48,7 @@ _BINARY_MAGIC = {
     b"\x1f\x8b": "a gzip file (name it .gz)",
 }
 # Control characters a cell may not hold (tab, line feed and carriage return are text); RE2 syntax.
+_WIDE = 64  # columns past which a file's unknown cells are gathered by UNPIVOT (see `_wide_cells`)
 _CONTROL = "'[\\x00-\\x08\\x0b\\x0c\\x0e-\\x1f\\x7f]'"
 
 
@@ -678,23 +679,58 @@ def _union_entity(db: StageDb, entity: Entity, files: list[StagedFile],
         ]
         unknown = [(j, h) for j, (h, c) in enumerate(zip(f.header.headers, f.header.columns, strict=True))
                    if c is None]
-        extra = "CAST(NULL AS JSON)"
-        if unknown:
+        extra, control, join = "CAST(NULL AS JSON)", _control_message(f.header.headers), ""
+        if width > _WIDE:
+            extra, control, join = "w.extra", "w.control", f"LEFT JOIN {_wide_cells(db, f)} w USING (row_number) "
+        elif unknown:
             pairs = ", ".join(f"'{h.replace(chr(39), chr(39) * 2)}', nullif(trim(c{j}), '')" for j, h in unknown)
             values = ", ".join(f"nullif(trim(c{j}), '')" for j, _ in unknown)
             extra = f"CASE WHEN coalesce({values}) IS NOT NULL THEN json_object({pairs}) END"
         keyed = ["x.external_id" if c == entity.key else "NULL" for c in present]
         selects.append(
             f"SELECT CAST({i} AS BIGINT) * 10000000000 + r.row_number AS rid, {i} AS file_index, r.row_number, "
-            f"{', '.join(cells) or 'NULL AS _none'}, {extra} AS extra, "
-            f"{_control_message(f.header.headers)} AS width_error "
-            f"FROM {db.raw(i)} r "
+            f"{', '.join(cells) or 'NULL AS _none'}, {extra} AS extra, {control} AS width_error "
+            f"FROM {db.raw(i)} r {join}"
             f"UNION ALL SELECT CAST({i} AS BIGINT) * 10000000000 + x.row_number, {i}, x.row_number, "
             f"{', '.join(keyed) or 'NULL'}, NULL, "
             f"{_width_message(width)} "
             f"FROM {db.rejected(i)} x"
         )
     db.con.execute(f"CREATE TABLE {db.staged(entity.name)} AS " + " UNION ALL ".join(selects) + " ORDER BY rid")
+
+
+def _wide_cells(db: StageDb, f: StagedFile) -> str:
+    """A wide file's unknown cells as JSON and its control-character messages, per row, computed on the
+    cells unpivoted: DuckDB binds one expression per column in time that grows with the square of the
+    columns (3,000 columns took over a minute), an UNPIVOT in time that grows with the cells."""
+    con, i = db.con, f.file_index
+    headers = pd.DataFrame({
+        "name": [f"c{j}" for j in range(len(f.header.headers))],
+        "position": range(len(f.header.headers)),
+        "header": [h or f"(unnamed column {j + 1})" for j, h in enumerate(f.header.headers)],
+        "known": [c is not None for c in f.header.columns],
+    })
+    headers["message"] = headers["header"] + ": contains a control character (such as NUL); remove it"
+    con.register("wide_headers", headers)
+    con.execute(f"CREATE TEMP TABLE wide_headers_{i} AS SELECT * FROM wide_headers")
+    con.unregister("wide_headers")
+    con.execute(f"""
+        CREATE TEMP TABLE wide_cells_{i} AS
+        SELECT u.row_number, u.value, h.* EXCLUDE (name)
+        FROM (UNPIVOT {db.raw(i)} ON COLUMNS('^c[0-9]+$') INTO NAME name VALUE value) u
+        JOIN wide_headers_{i} h USING (name)""")
+    con.execute(f"""
+        CREATE TEMP TABLE wide_{i} AS
+        WITH extra AS (
+            SELECT row_number, json_group_object(header, trim(value)) AS extra FROM wide_cells_{i}
+            WHERE NOT known AND trim(value) <> '' GROUP BY row_number
+        ), control AS (
+            SELECT row_number, string_agg(message, '; ' ORDER BY position) AS control FROM wide_cells_{i}
+            WHERE regexp_matches(value, {_CONTROL}) GROUP BY row_number
+        )
+        SELECT row_number, extra.extra, control.control FROM extra FULL JOIN control USING (row_number)""")
+    con.execute(f"DROP TABLE wide_cells_{i}")
+    return f"wide_{i}"
 
 
 def _record_files(db: StageDb, staged: list[StagedFile]) -> None:
