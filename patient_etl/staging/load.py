@@ -323,7 +323,7 @@ def read_header(path: Path, name: str, limits: Limits | None = None,
     """The header line, split on the given delimiter or the one that makes its headers known fields."""
     limits = limits or Limits()
     with path.open("rb") as handle:
-        raw = handle.readline(limits.max_line_bytes + 1)
+        raw = re.split(rb"\r\n|\r|\n", handle.read(limits.max_line_bytes + 2), maxsplit=1)[0]
     if len(raw) > limits.max_line_bytes:
         raise FileRejected("line_too_long", f"{name}: line 1 (the header) is longer than "
                                             f"{limits.max_line_bytes:,} bytes")

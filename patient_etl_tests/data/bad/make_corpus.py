@@ -188,13 +188,15 @@ def main() -> None:
     add("roster_spectrum_empty_fields.csv", text(H + ",Notes,More", *[r + ",," for r in good(1)]), 0, created=1)
     add("roster_spectrum_utf8_bom.csv", "\ufeff" + text(H, *good(1, first="Zoë")), 0, created=1)
     # --- naughty strings, as first names
-    for k, value in enumerate([
+    naughty = []
+    for value in [
         "Robert'); DROP TABLE member;--", "=cmd|' /C calc'!A0", "<script>alert(1)</script>", "👩🏽‍⚕️ Ann",
         "\u202eAnn", "An\u200bn", "Z̤͔ͧ̑̓ä͖̭̈̇lͮ̒ͫǫ̯̒", "NULL", "undefined", "\\\\Ann\\\\", "${jndi:ldap://x}",
         "田中", "Ａｎｎ", "O'Brien-Smith", "Ann" * 300,
-    ]):
+    ]:
         quoted = '"' + value.replace('"', '""') + '"'
-        add(f"roster_naughty_{k:02d}.csv", text(H, f"{uid()},{quoted},Lee,1980-01-01,F"), 0, created=1)
+        naughty.append(f"{uid()},{quoted},Lee,1980-01-01,F")
+    add("roster_naughty_strings.csv", text(H, *naughty), 0, created=len(naughty))
     with (HERE / "expected.csv").open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, ["file", "exit", "status", "created", "errored", "message", "settings"],
                                 lineterminator="\n")
