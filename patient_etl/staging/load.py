@@ -554,7 +554,8 @@ def stage_files(db: StageDb, files: list[tuple[str, Path]], max_bytes: int = DEF
     staged: list[StagedFile] = []
     for i, (name, path) in enumerate(files):
         check_file(path, name, limits.max_bytes)
-        headers, file_delimiter = read_header(path, name, limits, delimiter)
+        # a workbook was written as comma-separated text by `_workbook_to_csv`, whatever its cells hold
+        headers, file_delimiter = read_header(path, name, limits, "," if name.lower().endswith(".xlsx") else delimiter)
         if sql_mode:
             staged.append(StagedFile(i, name, path, SOURCE, HeaderMap(headers, ["*"] * len(headers)),
                                      file_delimiter))
