@@ -95,6 +95,7 @@ class Batch:
     dry_run: bool = False
     remote: dict = field(default_factory=dict)  # source bookkeeping: files retired, results delivered
     failure: str | None = None  # for a Failed batch: "file" (the partner's file) or "run" (ours to fix)
+    delimiter: str | None = None  # the files' delimiter when the user named it (`import --delimiter`)
 
     @property
     def display_name(self) -> str:

@@ -35,7 +35,8 @@ from patient_etl.staging.mappings import MappingError, load_mapping, resolve
 
 REPO_DATA = Path(__file__).resolve().parents[1] / "data"
 DEMO_HOME = "patient_etl_demo"
-INPUT_SUFFIXES = (".csv", ".txt", ".zip")
+INPUT_SUFFIXES = (".csv", ".txt", ".tsv", ".tab", ".psv", ".zip", ".xlsx", ".gz")
+DELIMITERS = {"comma": ",", "semicolon": ";", "tab": "\t", "pipe": "|"}
 COUNTED = ("Created", "Updated", "Unchanged", "Errored")
 LOCAL_INSTANCE = """\
 # The Dagster instance of this PATIENT_ETL_HOME, written by patient-etl on first use: runs, events and
@@ -76,13 +77,20 @@ def home_instance(home: Home):
 
 
 def expand(paths: list[str]) -> list[Path]:
+    """The files to import: each regular file named, and a folder's regular files with an input suffix.
+    A folder's symbolic link to a file outside the folder is skipped (it could point anywhere)."""
     files: list[Path] = []
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            files += sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in INPUT_SUFFIXES)
+            folder = path.resolve()
+            files += sorted(p for p in path.iterdir() if p.is_file() and p.name.lower().endswith(INPUT_SUFFIXES)
+                            and not p.name.startswith(".") and p.resolve().parent == folder)
         elif path.is_file():
             files.append(path)
+        elif path.exists() or path.is_symlink():
+            what = "a broken link" if not path.exists() else "not a regular file (a pipe, socket or device)"
+            raise UsageError(f"{raw} is {what}; give a file or a folder")
         else:
             raise UsageError(f"no such file or folder: {raw}")
     if not files:
@@ -91,7 +99,8 @@ def expand(paths: list[str]) -> list[Path]:
 
 
 def import_batch(paths: list[str], etl: PatientEtl, dry_run: bool = False, mapping: str | None = None,
-                 instance: dg.DagsterInstance | None = None, verbose: bool = False) -> dict:
+                 instance: dg.DagsterInstance | None = None, verbose: bool = False,
+                 delimiter: str | None = None) -> dict:
     """Register the files as one batch, run the whole flow on it in-process, return the outcome."""
     if mapping:  # a bad template is refused before anything is registered; a path is kept absolute
         template = load_mapping(mapping)
@@ -101,7 +110,11 @@ def import_batch(paths: list[str], etl: PatientEtl, dry_run: bool = False, mappi
     now = dt.datetime.now(dt.UTC)
     fingerprint = hashlib.sha256(json.dumps([[s.location, s.size, s.mtime_ns] for s in sources]).encode()
                                  + now.isoformat().encode() + os.urandom(8)).hexdigest()
-    batch = etl.registry().register("cli", sources, fingerprint, mapping=mapping, now=now)
+    registry = etl.registry()
+    batch = registry.register("cli", sources, fingerprint, mapping=mapping, now=now)
+    if delimiter:
+        batch.delimiter = DELIMITERS.get(delimiter, delimiter)
+        registry.save(batch)
     return run_batch(batch.batch_id, etl, dry_run=dry_run, instance=instance, verbose=verbose)
 
 
@@ -272,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
     imp.add_argument("paths", nargs="+")
     imp.add_argument("--mapping", help="a saved mapping template: name in data/mappings or a YAML path")
     imp.add_argument("--dry-run", action="store_true", help="validate and report would-be outcomes; write nothing")
+    imp.add_argument("--delimiter", help="the files' delimiter: one character, or comma, semicolon, tab, pipe "
+                                         "(default: detected from the header)")
     imp.add_argument("--json", action="store_true", help="print one JSON object")
     imp.add_argument("--verbose", action="store_true", help="show Dagster's log of the run")
     lst = sub.add_parser("batches", help="list the batches of this home")
@@ -311,7 +326,10 @@ def main(argv: list[str] | None = None) -> int:
             if etl.registry().get(args.batch) is None:
                 raise UsageError(f"no batch {args.batch!r} in {etl.home_dir().registry}")
             return _print_outcome(run_batch(args.batch, etl, verbose=args.verbose), args.json)
-        outcome = import_batch(args.paths, etl, dry_run=args.dry_run, mapping=args.mapping, verbose=args.verbose)
+        if args.delimiter is not None and len(DELIMITERS.get(args.delimiter, args.delimiter)) != 1:
+            raise UsageError(f"--delimiter is one character or one of {', '.join(DELIMITERS)}")
+        outcome = import_batch(args.paths, etl, dry_run=args.dry_run, mapping=args.mapping, verbose=args.verbose,
+                               delimiter=args.delimiter)
         return _print_outcome(outcome, args.json)
     except (UsageError, KeyError, MappingError) as exc:
         print(f"patient-etl: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)

@@ -11,6 +11,12 @@ from patient_etl.batches import Home, Registry
 from patient_etl.workspace import Workspace
 
 DEFAULT_MAX_BYTES = 2 * 1024**3
+# Bounds on the work one input can cause (each exceeded one fails the file with its own reason).
+DEFAULT_MAX_COLUMNS = 5_000
+DEFAULT_MAX_LINE_BYTES = 1024**2
+DEFAULT_MAX_ZIP_MEMBERS = 500
+DEFAULT_MAX_UNCOMPRESSED_BYTES = 2 * 1024**3
+DEFAULT_MAX_COMPRESSION_RATIO = 200
 
 
 class PatientEtl(dg.ConfigurableResource):
@@ -23,6 +29,11 @@ class PatientEtl(dg.ConfigurableResource):
     home: str | None = None
     target_url: str | None = None
     max_file_bytes: int = DEFAULT_MAX_BYTES
+    max_columns: int = DEFAULT_MAX_COLUMNS
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+    max_zip_members: int = DEFAULT_MAX_ZIP_MEMBERS
+    max_uncompressed_bytes: int = DEFAULT_MAX_UNCOMPRESSED_BYTES
+    max_compression_ratio: int = DEFAULT_MAX_COMPRESSION_RATIO
     process_on_arrival: bool = True
     webhook_url: str | None = None
     webhook_secret: str | None = None
@@ -59,6 +70,11 @@ SETTINGS = {
     "webhook_url": ("PATIENT_ETL_WEBHOOK_URL", False),
     "webhook_secret": ("PATIENT_ETL_WEBHOOK_SECRET", False),
     "max_file_bytes": ("PATIENT_ETL_MAX_FILE_BYTES", True),
+    "max_columns": ("PATIENT_ETL_MAX_COLUMNS", True),
+    "max_line_bytes": ("PATIENT_ETL_MAX_LINE_BYTES", True),
+    "max_zip_members": ("PATIENT_ETL_MAX_ZIP_MEMBERS", True),
+    "max_uncompressed_bytes": ("PATIENT_ETL_MAX_UNCOMPRESSED_BYTES", True),
+    "max_compression_ratio": ("PATIENT_ETL_MAX_COMPRESSION_RATIO", True),
 }
 
 

@@ -135,9 +135,14 @@ SSN = Kind(
 
 # Dates parse in DuckDB (it knows Feb 30 is not a day); GX sees yyyymmdd as an integer, which keeps
 # its range checks vectorized (a datetime column makes them ~5x slower).
+# A year is four digits (`04/03/85` is refused with its own message, never read as the year 85); a
+# date-time's time must be a real time of day (`T25:00:00` is not).
+_TWO_DIGIT_YEAR = r"^[0-9]{1,2}[/-][0-9]{1,2}[/-][0-9]{2}$"
 _DATE_PARSE = (
-    "coalesce(try_strptime({v}, '%Y-%m-%d'), try_strptime({v}, '%m/%d/%Y'), "
-    "CASE WHEN regexp_matches({v}, '^[0-9]{{4}}-[0-9]{{2}}-[0-9]{{2}}[T ][0-9]') "
+    "coalesce(try_strptime({v}, '%Y-%m-%d'), "
+    "CASE WHEN regexp_matches({v}, '^[0-9]{{1,2}}/[0-9]{{1,2}}/[0-9]{{4}}$') THEN try_strptime({v}, '%m/%d/%Y') END, "
+    "CASE WHEN regexp_matches({v}, '^[0-9]{{4}}-[0-9]{{2}}-[0-9]{{2}}[T ]([01][0-9]|2[0-3]):[0-5][0-9]"
+    "(:[0-5][0-9](\\.[0-9]+)?)?(Z|[+-][0-9]{{2}}:?[0-9]{{2}})?$') "
     "THEN try_strptime(left({v}, 10), '%Y-%m-%d') END)"
 )
 
@@ -147,7 +152,9 @@ def _as_int(day: dt.date) -> int:
 
 
 def _date_checks(options: dict) -> list[Check]:
-    checks = [Check("not_null", "value", "is not a valid date (use YYYY-MM-DD or MM/DD/YYYY)",
+    checks = [Check("not_match_regex", "raw", "has a two-digit year: write the year with four digits "
+                    "(MM/DD/YYYY or YYYY-MM-DD)", args={"regex": _TWO_DIGIT_YEAR}, only_if_present=True),
+              Check("not_null", "value", "is not a valid date (use YYYY-MM-DD or MM/DD/YYYY)",
                     only_if_present=True)]
     earliest, latest = options.get("min_date"), options.get("max_date")
     if earliest is not None:

@@ -127,7 +127,10 @@ class Entity:
         return out
 
     def header_index(self) -> dict[str, str]:
-        """Normalized header -> staged column name, with every alias and `-N` spelling."""
+        """Normalized header -> staged column name, with every alias and `-N` spelling (built once)."""
+        cached = self.__dict__.get("_header_index")
+        if cached is not None:
+            return cached
         index: dict[str, str] = {}
         for f in self.fields:
             for spelling in (f.name, *f.aliases):
@@ -139,6 +142,7 @@ class Entity:
                     index[base] = group.column(f.name, 0)
                     for i in range(1, MAX_GROUP_INDEX + 1):
                         index[f"{base}{i}"] = group.column(f.name, i)
+        object.__setattr__(self, "_header_index", index)  # frozen: a cache, not state
         return index
 
     def required(self) -> list[str]:

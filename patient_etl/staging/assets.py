@@ -9,7 +9,7 @@ from patient_etl.resources import PatientEtl
 from patient_etl.sources import Sources
 from patient_etl.sources.assets import landed_batch
 from patient_etl.sources.landing import landed_paths
-from patient_etl.staging.load import FileRejected, stage_files
+from patient_etl.staging.load import FileRejected, Limits, stage_files
 from patient_etl.staging.mappings import MappingError, load_mapping
 from patient_etl.workspace import STAGED
 
@@ -23,7 +23,8 @@ def staged_rows(context: dg.AssetExecutionContext, etl: PatientEtl, sources: Sou
     try:
         with phi_safe(home, batch.batch_id, "staging"), workspace.open(STAGED) as db:
             mapping = load_mapping(batch.mapping) if batch.mapping else None
-            staged = stage_files(db, landed_paths(home, batch), etl.max_file_bytes, mapping=mapping)
+            staged = stage_files(db, landed_paths(home, batch), mapping=mapping, limits=Limits.of(etl),
+                                 delimiter=batch.delimiter)
     except (FileRejected, MappingError) as exc:
         batch = fail_batch(context.log, etl, batch, exc.reason, sources=sources)
         raise dg.Failure(

@@ -8,30 +8,65 @@ from __future__ import annotations
 
 import codecs
 import csv
-import io
+import datetime as dt
+import gzip
 import re
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
+import pandas as pd
 
 from patient_etl.duck import scalar
 from patient_etl.entities import ENTITIES, FORMAT_ALIASES
 from patient_etl.entities.spec import Entity, map_header
 from patient_etl.errors import SafeError
-from patient_etl.resources import DEFAULT_MAX_BYTES
+from patient_etl.resources import (
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_COLUMNS,
+    DEFAULT_MAX_COMPRESSION_RATIO,
+    DEFAULT_MAX_LINE_BYTES,
+    DEFAULT_MAX_UNCOMPRESSED_BYTES,
+    DEFAULT_MAX_ZIP_MEMBERS,
+)
 from patient_etl.staging.mappings import EntityMapping, Mapping, table_name
 from patient_etl.workspace import StageDb
 
 SOURCE = "source"  # batch_files.entity of a file a SQL template reads
 _CHUNK = 8 * 1024 * 1024
 _DELIMITERS = (",", ";", "\t", "|")
+_DELIMITER_NAMES = {",": "comma", ";": "semicolon", "\t": "tab", "|": "pipe"}
+_SUFFIX_DELIMITER = {".tsv": "\t", ".tab": "\t", ".psv": "|"}
+TEXT_SUFFIXES = (".csv", ".txt", ".tsv", ".tab", ".psv")
+_ZIP_METHODS = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA}
 _BINARY_MAGIC = {
-    b"PK\x03\x04": "a zip or Excel workbook (save it as CSV UTF-8)",
-    b"\xd0\xcf\x11\xe0": "an old Excel/Office document (save it as CSV UTF-8)",
+    b"PK\x03\x04": "a zip or Excel workbook (name it .zip or .xlsx, or save it as CSV UTF-8)",
+    b"\xd0\xcf\x11\xe0": "an old Excel/Office document (save it as .xlsx or CSV UTF-8)",
     b"%PDF": "a PDF document",
+    b"\x1f\x8b": "a gzip file (name it .gz)",
 }
+# Control characters a cell may not hold (tab, line feed and carriage return are text); RE2 syntax.
+_WIDE = 64  # columns past which a file's unknown cells are gathered by UNPIVOT (see `_wide_cells`)
+_CONTROL = "'[\\x00-\\x08\\x0b\\x0c\\x0e-\\x1f\\x7f]'"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The work one input may cause; `PatientEtl` settings, defaults in `resources.py`."""
+
+    max_bytes: int = DEFAULT_MAX_BYTES
+    max_columns: int = DEFAULT_MAX_COLUMNS
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+    max_zip_members: int = DEFAULT_MAX_ZIP_MEMBERS
+    max_uncompressed_bytes: int = DEFAULT_MAX_UNCOMPRESSED_BYTES
+    max_compression_ratio: int = DEFAULT_MAX_COMPRESSION_RATIO
+
+    @classmethod
+    def of(cls, etl) -> Limits:
+        return cls(etl.max_file_bytes, etl.max_columns, etl.max_line_bytes, etl.max_zip_members,
+                   etl.max_uncompressed_bytes, etl.max_compression_ratio)
 
 
 class FileRejected(SafeError):
@@ -76,7 +111,8 @@ def check_file(path: Path, name: str, max_bytes: int = DEFAULT_MAX_BYTES) -> Non
                 raise FileRejected("not_csv", f"{name} is {what}, not a CSV file")
         if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
             raise FileRejected("encoding", f"{name} is UTF-16; save it as CSV UTF-8")
-        if b"\x00" in head:
+        # A NUL in a data cell is that row's error; in the header, or many of them, it is not text at all.
+        if b"\x00" in head.split(b"\n", 1)[0] or head.count(b"\x00") * 100 > max(len(head), 1024):
             raise FileRejected("not_csv", f"{name} contains binary data, not CSV text")
         handle.seek(0)
         decoder = codecs.getincrementaldecoder("utf-8")()
@@ -96,53 +132,235 @@ def check_file(path: Path, name: str, max_bytes: int = DEFAULT_MAX_BYTES) -> Non
             raise FileRejected("encoding", f"{name} is not UTF-8 (it ends mid-character)") from None
 
 
-def expand_archives(files: list[tuple[str, Path]], target: Path, max_bytes: int) -> list[tuple[str, Path]]:
-    """Zips become their CSV members (extracted into `target`); other files pass through.
+def _safe_name(index: int, base: str) -> str:
+    safe = re.sub(r"[^\w.-]+", "_", base)
+    return f"{index:03d}_{safe}"
 
-    Member names are untrusted: only their base name is used, and the total size is bounded, so a
-    zip cannot write outside `target` or fill the disk.
+
+def _copy_bounded(src, dest: Path, name: str, limits: Limits, packed: int, budget: list[int]) -> None:
+    """Copy a decompressing stream, stopping at the uncompressed-size and compression-ratio limits."""
+    copied = 0
+    with dest.open("wb") as handle:
+        while block := src.read(1 << 20):
+            copied += len(block)
+            budget[0] += len(block)
+            if budget[0] > limits.max_uncompressed_bytes:
+                raise FileRejected("too_large", f"{name} unpacks to more than {limits.max_uncompressed_bytes:,} bytes")
+            if copied > 1 << 20 and copied > limits.max_compression_ratio * max(packed, 1):
+                raise FileRejected("compression_ratio", f"{name} unpacks to more than {limits.max_compression_ratio} "
+                                                        "times its compressed size; it is refused as a zip bomb")
+            handle.write(block)
+
+
+def _open_zip(path: Path, name: str, limits: Limits) -> tuple[zipfile.ZipFile, list[zipfile.ZipInfo]]:
+    """A zip's members after the checks that need no decompression: count, encryption, method, sizes."""
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        raise FileRejected("not_zip", f"{name} is not a readable zip file") from None
+    members = [m for m in archive.infolist() if not m.is_dir()]
+    if len(members) > limits.max_zip_members:
+        archive.close()
+        raise FileRejected("too_many_members", f"{name} holds {len(members):,} files; the limit is "
+                                               f"{limits.max_zip_members:,}")
+    for m in members:
+        if m.flag_bits & 0x1:
+            archive.close()
+            raise FileRejected("zip_encrypted", f"{name} is password-protected; send it without a password")
+        if m.compress_type not in _ZIP_METHODS:
+            archive.close()
+            raise FileRejected("zip_method", f"{name} uses a compression method we cannot read "
+                                             f"(method {m.compress_type}); zip it with the standard (deflate) method")
+    if sum(m.file_size for m in members) > limits.max_uncompressed_bytes:
+        archive.close()
+        raise FileRejected("too_large", f"{name} unpacks to more than {limits.max_uncompressed_bytes:,} bytes")
+    for m in members:
+        if m.file_size > 1 << 20 and m.file_size > limits.max_compression_ratio * max(m.compress_size, 1):
+            archive.close()
+            raise FileRejected("compression_ratio", f"{name} unpacks to more than {limits.max_compression_ratio} "
+                                                    "times its compressed size; it is refused as a zip bomb")
+    return archive, members
+
+
+def _extract(archive: zipfile.ZipFile, member: zipfile.ZipInfo, dest: Path, name: str, limits: Limits,
+             budget: list[int]) -> None:
+    try:
+        with archive.open(member) as src:
+            _copy_bounded(src, dest, name, limits, member.compress_size, budget)
+    except FileRejected:
+        raise
+    except (zipfile.BadZipFile, EOFError, zlib.error, OSError, ValueError, RuntimeError, NotImplementedError,
+            LookupError):
+        raise FileRejected("zip_damaged", f"{name} is damaged (a member fails its integrity check: bad CRC, "
+                                          "wrong size or truncated); send it again") from None
+
+
+def expand_archives(files: list[tuple[str, Path]], target: Path, limits: Limits | int,
+                    sheet: str | None = None) -> list[tuple[str, Path]]:
+    """Zips become their text and workbook members, `.gz` its content, a workbook its sheet as CSV text,
+    all written into `target`; text files pass through.
+
+    Member names are untrusted: only their base name is used. Every expansion is bounded (members,
+    uncompressed size, compression ratio), so a zip cannot write outside `target` or fill the disk.
     """
+    limits = limits if isinstance(limits, Limits) else Limits(max_bytes=limits, max_uncompressed_bytes=limits)
     out: list[tuple[str, Path]] = []
+    budget = [0]
+    counter = iter(range(1_000_000))
     for name, path in files:
-        if not name.lower().endswith(".zip"):
+        lower = name.lower()
+        if lower.endswith(".zip"):
+            target.mkdir(parents=True, exist_ok=True)
+            archive, members = _open_zip(path, name, limits)
+            with archive:
+                wanted = [m for m in members if not Path(m.filename).name.startswith((".", "__MACOSX"))
+                          and "__MACOSX" not in m.filename
+                          and Path(m.filename).suffix.lower() in (*TEXT_SUFFIXES, ".xlsx", ".gz")]
+                if not wanted:
+                    raise FileRejected("empty", f"{name} holds no CSV file")
+                for member in sorted(wanted, key=lambda m: m.filename):
+                    base = Path(member.filename).name
+                    dest = target / _safe_name(next(counter), base)
+                    _extract(archive, member, dest, name, limits, budget)
+                    out += expand_archives([(base, dest)], target, limits, sheet) \
+                        if base.lower().endswith((".xlsx", ".gz")) else [(base, dest)]
+        elif lower.endswith(".gz"):
+            target.mkdir(parents=True, exist_ok=True)
+            inner = name[:-3]
+            dest = target / _safe_name(next(counter), inner)
+            try:
+                with gzip.open(path, "rb") as src:
+                    _copy_bounded(src, dest, name, limits, path.stat().st_size, budget)
+            except FileRejected:
+                raise
+            except (OSError, EOFError, zlib.error):
+                raise FileRejected("gzip_damaged", f"{name} is not a readable gzip file (damaged or "
+                                                   "truncated); send it again") from None
+            out.append((inner, dest))
+        elif lower.endswith(".xlsx"):
+            target.mkdir(parents=True, exist_ok=True)
+            dest = target / _safe_name(next(counter), name[:-5] + ".csv")
+            _workbook_to_csv(path, name, dest, limits, sheet)
+            out.append((name, dest))
+        else:
             out.append((name, path))
-            continue
-        target.mkdir(parents=True, exist_ok=True)
-        try:
-            archive = zipfile.ZipFile(path)
-        except zipfile.BadZipFile:
-            raise FileRejected("not_csv", f"{name} is not a readable zip file") from None
-        with archive:
-            members = [m for m in archive.infolist() if not m.is_dir()
-                       and not Path(m.filename).name.startswith((".", "__MACOSX"))
-                       and "__MACOSX" not in m.filename and Path(m.filename).suffix.lower() in (".csv", ".txt")]
-            if not members:
-                raise FileRejected("empty", f"{name} holds no CSV file")
-            if sum(m.file_size for m in members) > max_bytes:
-                raise FileRejected("too_large", f"{name} unpacks to more than {max_bytes:,} bytes")
-            for index, member in enumerate(sorted(members, key=lambda m: m.filename)):
-                base = Path(member.filename).name
-                safe = re.sub(r"[^\w.-]+", "_", base)
-                dest = target / f"{index:03d}_{safe}"
-                with archive.open(member) as src, dest.open("wb") as handle:
-                    copied = 0
-                    while block := src.read(1 << 20):
-                        copied += len(block)
-                        if copied > max_bytes:
-                            raise FileRejected("too_large", f"{name} unpacks to more than {max_bytes:,} bytes")
-                        handle.write(block)
-                out.append((base, dest))
     return out
 
 
-def read_header(path: Path, name: str) -> tuple[list[str], str]:
-    with path.open("r", encoding="utf-8-sig", newline="") as handle:
-        first = handle.readline(1024 * 1024)
+def _xlsx_text(cell) -> str:
+    """A workbook cell as the user saw it: dates as YYYY-MM-DD, whole numbers without `.0`, a number
+    formatted with leading zeros (`00000` for a zip) with them."""
+    value = cell.value
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "TRUE" if value else "FALSE"
+    if isinstance(value, dt.datetime):
+        return value.date().isoformat() if value.time() == dt.time() else value.isoformat(sep=" ")
+    if isinstance(value, dt.date | dt.time):
+        return value.isoformat()
+    if isinstance(value, int | float):
+        if isinstance(value, float):
+            value = int(value) if value.is_integer() else value
+        text = format(value, ".15g") if isinstance(value, float) else str(value)
+        zeros = getattr(cell, "number_format", "") or ""
+        if re.fullmatch(r"0+", zeros) and isinstance(value, int) and value >= 0:
+            text = text.zfill(len(zeros))
+        return text
+    return str(value)
+
+
+def _workbook_to_csv(path: Path, name: str, dest: Path, limits: Limits, sheet: str | None) -> None:
+    """The first sheet (or the one the template names) written as CSV text, streamed (read-only mode)."""
+    import openpyxl  # only workbook batches pay for it
+
+    archive, _ = _open_zip(path, name, limits)  # a workbook is a zip: the same bounds apply
+    archive.close()
+    try:
+        book = openpyxl.load_workbook(path, read_only=True, data_only=True)
+    except Exception:  # openpyxl raises many types for a damaged file; its text may quote the content
+        raise FileRejected("not_xlsx", f"{name} is not a readable Excel workbook; save it again as .xlsx "
+                                       "or as CSV UTF-8") from None
+    try:
+        if sheet is not None and sheet not in book.sheetnames:
+            raise FileRejected("sheet", f"{name} has no sheet named {sheet!r}; its sheets: "
+                                        f"{', '.join(book.sheetnames)}")
+        ws = book[sheet] if sheet is not None else book.worksheets[0]
+        width = None
+        with dest.open("w", encoding="utf-8", newline="") as handle:
+            writer = csv.writer(handle, lineterminator="\n")
+            for row in ws.iter_rows():
+                cells = [_xlsx_text(c) for c in row]
+                if width is None:
+                    while cells and cells[-1] == "":
+                        cells.pop()
+                    width = len(cells)
+                    if width > limits.max_columns:
+                        raise FileRejected("too_many_columns", f"{name} has {width:,} columns; the limit is "
+                                                               f"{limits.max_columns:,}")
+                elif not any(cells):
+                    cells = []  # a blank spreadsheet line
+                else:  # trailing empty cells beyond the header are formatting, not values
+                    while len(cells) > width and cells[-1] == "":
+                        cells.pop()
+                    cells += [""] * (width - len(cells))
+                writer.writerow(cells)
+    except FileRejected:
+        raise
+    except Exception:
+        raise FileRejected("not_xlsx", f"{name} is not a readable Excel workbook; save it again as .xlsx "
+                                       "or as CSV UTF-8") from None
+    finally:
+        book.close()
+
+
+def _best_mapped(headers: list[str]) -> int:
+    return max(sum(1 for h in headers if map_header(e, h)) for e in ENTITIES.values())
+
+
+def read_header(path: Path, name: str, limits: Limits | None = None,
+                delimiter: str | None = None) -> tuple[list[str], str]:
+    """The header line, split on the given delimiter or the one that makes its headers known fields."""
+    limits = limits or Limits()
+    with path.open("rb") as handle:
+        raw = re.split(rb"\r\n|\r|\n", handle.read(limits.max_line_bytes + 2), maxsplit=1)[0]
+    if len(raw) > limits.max_line_bytes:
+        raise FileRejected("line_too_long", f"{name}: line 1 (the header) is longer than "
+                                            f"{limits.max_line_bytes:,} bytes")
+    first = raw.decode("utf-8-sig", errors="replace").rstrip("\r\n")
     if not first.strip():
         raise FileRejected("no_header", f"{name} has no header line")
-    delimiter = max(_DELIMITERS, key=first.count)
-    headers = next(csv.reader(io.StringIO(first), delimiter=delimiter))
-    return [h.strip() for h in headers], delimiter
+    if delimiter is None:
+        delimiter = _SUFFIX_DELIMITER.get(Path(name).suffix.lower())
+    if delimiter is None:
+        candidates = [d for d in _DELIMITERS if d in first]
+        if len(candidates) <= 1:
+            delimiter = candidates[0] if candidates else ","
+        else:
+            scores = {d: _best_mapped(_split(first, d)) for d in candidates}
+            best = max(scores.values())
+            winners = [d for d in candidates if scores[d] == best]
+            if best > 0 and len(winners) == 1:
+                delimiter = winners[0]
+            elif best == 0:
+                delimiter = max(candidates, key=first.count)
+            else:
+                considered = ", ".join(f"{_DELIMITER_NAMES[d]} ({d!r})" for d in candidates)
+                raise FileRejected("delimiter", f"{name}: cannot tell which delimiter separates its columns; "
+                                                f"considered {considered}; set `delimiter` in the mapping "
+                                                "template or pass --delimiter")
+    headers = _split(first, delimiter)
+    if len(headers) > limits.max_columns:
+        raise FileRejected("too_many_columns", f"{name} has {len(headers):,} columns; the limit is "
+                                               f"{limits.max_columns:,}")
+    return headers, delimiter
+
+
+def _split(line: str, delimiter: str) -> list[str]:
+    try:
+        return [h.strip() for h in next(csv.reader([line], delimiter=delimiter))]
+    except (csv.Error, StopIteration):
+        return [line.strip()]
 
 
 def map_headers(entity: Entity, headers: list[str], name: str, template: EntityMapping | None = None) -> HeaderMap:
@@ -164,6 +382,11 @@ def map_headers(entity: Entity, headers: list[str], name: str, template: EntityM
             seen[column] = header
         columns.append(column)
     constants = template.constants if template else {}
+    if not seen and not constants:
+        expected = [c.label for c in entity.columns() if c.index == 0][:12]
+        raise FileRejected("no_entity", f"{name} matches no entity: none of its {len(headers):,} column headers is "
+                                        f"one we know. The nearest entity is {entity.name}, whose headers are "
+                                        f"{', '.join(expected)}; required: {', '.join(entity.required())}")
     missing = [f for f in entity.required() if f not in seen and f not in constants]
     if missing:
         raise FileRejected("missing_columns", f"{name}: required columns missing: {', '.join(missing)}")
@@ -172,7 +395,7 @@ def map_headers(entity: Entity, headers: list[str], name: str, template: EntityM
 
 def detect_entity(name: str, headers: list[str]) -> Entity:
     """Which entity a file holds: by its name first, then by which entity's headers it matches best."""
-    stem = Path(name).stem.lower()
+    stem = Path(name).name.lower().split(".")[0]
     alias = FORMAT_ALIASES.get(re.split(r"[_\-\s]", stem)[0])
     if alias:
         return ENTITIES[alias]
@@ -187,81 +410,166 @@ def detect_entity(name: str, headers: list[str]) -> Entity:
     return max(ENTITIES.values(), key=score)
 
 
-def _load_file(db: StageDb, staged: StagedFile) -> None:
-    """Read one CSV into `raw_<i>` with its 1-based data row numbers, rows of the wrong width kept aside.
+def _has_blank_line(path: Path) -> bool:
+    """Whether the file has an empty line (a spreadsheet row that DuckDB would skip, shifting numbers)."""
+    tail = b""
+    with path.open("rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            block = tail + chunk
+            if b"\n\n" in block or b"\n\r\n" in block or b"\r\r" in block:
+                return True
+            tail = block[-3:]
+    return False
 
-    DuckDB's rejects table numbers records (not physical lines), so a rejected record's row number
-    is exact even with quoted newlines; accepted rows take the remaining numbers in file order.
+
+def _rejected_table(db: StageDb, i: int) -> str:
+    table = db.rejected(i)
+    db.con.execute(f"CREATE TABLE {table} (row_number BIGINT, error_type VARCHAR, found VARCHAR, "
+                   "external_id VARCHAR, message VARCHAR)")
+    return table
+
+
+def _load_file(db: StageDb, staged: StagedFile, limits: Limits, key_position: int | None = None) -> None:
+    """Read one CSV into `raw_<i>` with its row numbers, rows of the wrong width kept aside.
+
+    A row number is the spreadsheet line of the row minus the header's: blank lines count, a quoted line
+    break does not. A regular file is read by DuckDB alone; any irregularity (a blank line, a row of the
+    wrong width, a quote problem, mixed line endings) is read by Python's csv module, which names the line.
     """
     con, i = db.con, staged.file_index
-    raw, rejected = db.raw(i), db.rejected(i)
+    raw = db.raw(i)
     width = len(staged.header.headers)
     columns = "{" + ", ".join(f"'c{j}': 'VARCHAR'" for j in range(width)) + "}"
-    con.execute(
-        f"""
-        CREATE TABLE accepted_{i} AS
-        SELECT * FROM read_csv(?, header = true, columns = {columns}, delim = ?, quote = '"', escape = '"',
-                               store_rejects = true, rejects_table = 'rejects_{i}', rejects_scan = 'scan_{i}',
-                               strict_mode = true, encoding = 'utf-8')
-        """,
-        [str(staged.path), staged.delimiter],
-    )
-    con.execute(
-        f"""
-        CREATE TABLE {rejected} AS
-        SELECT DISTINCT ON (line) CAST(line - 1 AS BIGINT) AS row_number, error_type,
-               CAST(regexp_extract(error_message, 'Found: ([0-9]+)', 1) AS VARCHAR) AS found
-        FROM rejects_{i} ORDER BY line
-        """
-    )
-    accepted = scalar(con, f"SELECT count(*) FROM accepted_{i}")
-    rejected_rows = scalar(con, f"SELECT count(*) FROM {rejected}")
-    if accepted + rejected_rows == 0:
-        raise FileRejected("no_data", f"{staged.name} has a header but no data rows")
-    if rejected_rows == 0:
-        con.execute(f"CREATE TABLE {raw} AS SELECT rowid + 1 AS row_number, * FROM accepted_{i}")
-        staged.rows, staged.rejected_rows = accepted, 0
-        return
-    con.execute(
-        f"""
-        CREATE TABLE {raw} AS
-        WITH numbers AS (
-            SELECT n AS row_number, row_number() OVER (ORDER BY n) AS k
-            FROM range(1, {accepted + rejected_rows + 1}) t(n)
-            WHERE n NOT IN (SELECT row_number FROM {rejected})
-        ),
-        ordered AS (SELECT *, rowid + 1 AS k FROM accepted_{i})
-        SELECT numbers.row_number, ordered.* EXCLUDE (k) FROM ordered JOIN numbers USING (k)
-        """
-    )
-    staged.rows, staged.rejected_rows = accepted + rejected_rows, rejected_rows
+    if not _has_blank_line(staged.path):
+        try:
+            con.execute(
+                f"""
+                CREATE TABLE accepted_{i} AS
+                SELECT * FROM read_csv(?, header = true, columns = {columns}, delim = ?, quote = '"', escape = '"',
+                                       strict_mode = true, encoding = 'utf-8', max_line_size = ?)
+                """,
+                [str(staged.path), staged.delimiter, limits.max_line_bytes],
+            )
+            con.execute(f"CREATE TABLE {raw} AS SELECT rowid + 1 AS row_number, * FROM accepted_{i}")
+            con.execute(f"DROP TABLE accepted_{i}")
+            _rejected_table(db, i)
+            staged.rows = scalar(con, f"SELECT count(*) FROM {raw}")
+            if staged.rows == 0:
+                raise FileRejected("no_data", f"{staged.name} has a header but no data rows")
+            return
+        except duckdb.Error:
+            con.execute(f"DROP TABLE IF EXISTS accepted_{i}")
+            con.execute(f"DROP TABLE IF EXISTS {raw}")
+            con.execute(f"DROP TABLE IF EXISTS {db.rejected(i)}")
+    _load_carefully(db, staged, limits, key_position, columns)
+
+
+def _load_carefully(db: StageDb, staged: StagedFile, limits: Limits, key_position: int | None,
+                    columns: str) -> None:
+    con, i, name = db.con, staged.file_index, staged.name
+    width = len(staged.header.headers)
+    folder = db.workspace.unpacked
+    folder.mkdir(parents=True, exist_ok=True)
+    clean, rejects = folder / f"clean_{i:03d}.csv", folder / f"rejects_{i:03d}.csv"
+    csv.field_size_limit(max(limits.max_line_bytes, 1024))
+    accepted = rejected = 0
+    with staged.path.open("r", encoding="utf-8-sig", newline="") as src, \
+            clean.open("w", encoding="utf-8", newline="") as good, \
+            rejects.open("w", encoding="utf-8", newline="") as bad:
+        reader = csv.reader(src, delimiter=staged.delimiter, strict=True)
+        good_rows, bad_rows = csv.writer(good, lineterminator="\n"), csv.writer(bad, lineterminator="\n")
+        try:
+            next(reader)
+        except (csv.Error, StopIteration):
+            raise FileRejected("unreadable", f"{name}: the header line cannot be read; check its quotes") from None
+        record = 0
+        while True:
+            start = reader.line_num + 1
+            try:
+                row = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as exc:
+                record += 1
+                text = str(exc)
+                if "end of data" in text:
+                    raise FileRejected("unterminated_quote", f"{name}: the quoted value that starts on line {start} "
+                                                             "is never closed; close its quote and send the file "
+                                                             "again") from None
+                if "field limit" in text:
+                    raise FileRejected("line_too_long", f"{name}: the row starting on line {start} is longer than "
+                                                        f"{limits.max_line_bytes:,} bytes") from None
+                cause = "text after a closing quote" if "expected after" in text else "a quote out of place"
+                bad_rows.writerow([record, "QUOTE", "", "", f"row could not be read: {cause} on line "
+                                                            f"{reader.line_num}; quote the whole value"])
+                rejected += 1
+                continue
+            record += 1
+            if not row:
+                continue  # a blank line: a spreadsheet line, not a row
+            if sum(map(len, row)) > limits.max_line_bytes:
+                raise FileRejected("line_too_long", f"{name}: the row starting on line {start} is longer than "
+                                                    f"{limits.max_line_bytes:,} bytes")
+            if len(row) == width:
+                good_rows.writerow([record, *row])
+                accepted += 1
+                continue
+            key = row[key_position].strip() if key_position is not None and key_position < len(row) else ""
+            kind = "MISSING COLUMNS" if len(row) < width else "TOO MANY COLUMNS"
+            bad_rows.writerow([record, kind, len(row), key, ""])
+            rejected += 1
+    if accepted + rejected == 0:
+        raise FileRejected("no_data", f"{name} has a header but no data rows")
+    all_columns = "{'row_number': 'BIGINT', " + columns[1:]
+    con.execute(f"CREATE TABLE {db.raw(i)} AS SELECT * FROM read_csv(?, header = false, columns = {all_columns}, "
+                "delim = ',', quote = '\"', escape = '\"', strict_mode = true, parallel = false) LIMIT 0",
+                [str(clean)]) if accepted == 0 else con.execute(
+        f"CREATE TABLE {db.raw(i)} AS SELECT * FROM read_csv(?, header = false, columns = {all_columns}, "
+        "delim = ',', quote = '\"', escape = '\"', strict_mode = true, parallel = false, max_line_size = ?)",
+        [str(clean), max(limits.max_line_bytes * 2, 2_097_152)])
+    table = _rejected_table(db, i)
+    if rejected:
+        con.execute(f"INSERT INTO {table} SELECT * FROM read_csv(?, header = false, columns = {{'row_number': "
+                    "'BIGINT', 'error_type': 'VARCHAR', 'found': 'VARCHAR', 'external_id': 'VARCHAR', "
+                    "'message': 'VARCHAR'}, delim = ',', quote = '\"', escape = '\"')", [str(rejects)])
+    staged.rows, staged.rejected_rows = accepted + rejected, rejected
+    clean.unlink(missing_ok=True)
+    rejects.unlink(missing_ok=True)
 
 
 def stage_files(db: StageDb, files: list[tuple[str, Path]], max_bytes: int = DEFAULT_MAX_BYTES,
-                entity: Entity | None = None, mapping: Mapping | None = None) -> list[StagedFile]:
+                entity: Entity | None = None, mapping: Mapping | None = None, limits: Limits | None = None,
+                delimiter: str | None = None) -> list[StagedFile]:
     """Load every file of a batch into the staging database: one `staged_<entity>` table per entity.
 
     `staged_<entity>` has `rid` (unique in the batch), `file_index`, `row_number`, one VARCHAR column
-    per mapped field (NULL when empty), `extra` (unknown columns as JSON) and `width_error`.
+    per mapped field (NULL when empty), `extra` (unknown columns as JSON) and `width_error` (a row
+    staging could not take as it is: wrong width, a quote out of place, a control character in a cell).
     With a SQL mapping template, the files are its sources and its SELECTs make the entities.
     """
-    files = expand_archives(files, db.workspace.unpacked, max_bytes)
+    limits = limits or Limits(max_bytes=max_bytes)
+    delimiter = delimiter or (mapping.delimiter if mapping else None)
+    files = expand_archives(files, db.workspace.unpacked, limits, mapping.sheet if mapping else None)
     sql_mode = mapping is not None and mapping.uses_sql
     staged: list[StagedFile] = []
     for i, (name, path) in enumerate(files):
-        check_file(path, name, max_bytes)
-        headers, delimiter = read_header(path, name)
+        check_file(path, name, limits.max_bytes)
+        # a workbook was written as comma-separated text by `_workbook_to_csv`, whatever its cells hold
+        headers, file_delimiter = read_header(path, name, limits, "," if name.lower().endswith(".xlsx") else delimiter)
         if sql_mode:
-            staged.append(StagedFile(i, name, path, SOURCE, HeaderMap(headers, ["*"] * len(headers)), delimiter))
+            staged.append(StagedFile(i, name, path, SOURCE, HeaderMap(headers, ["*"] * len(headers)),
+                                     file_delimiter))
             continue
         named = mapping.entity_for_file(name) if mapping else None
         file_entity = entity or (ENTITIES[named] if named else detect_entity(name, headers))
         template = mapping.entities.get(file_entity.name) if mapping else None
         staged.append(StagedFile(i, name, path, file_entity.name,
-                                 map_headers(file_entity, headers, name, template), delimiter))
+                                 map_headers(file_entity, headers, name, template), file_delimiter))
     for item in staged:
+        key = ENTITIES[item.entity].key if item.entity in ENTITIES else None
+        key_position = item.header.columns.index(key) if key in item.header.columns else None
         try:
-            _load_file(db, item)
+            _load_file(db, item, limits, key_position)
         except duckdb.Error as exc:  # its text may quote a line of the file: keep only the type
             raise FileRejected("unreadable", f"{item.name} could not be read as CSV "
                                              f"({type(exc).__name__})") from None
@@ -321,9 +629,24 @@ def _literal(value: str) -> str:
 
 
 def _width_message(width: int) -> str:
-    return (f"CASE x.error_type WHEN 'MISSING COLUMNS' THEN 'row has ' || x.found || ' values but the header has {width}' "
+    return (f"coalesce(x.message, CASE x.error_type "
+            f"WHEN 'MISSING COLUMNS' THEN 'row has ' || x.found || ' values but the header has {width}' "
             f"WHEN 'TOO MANY COLUMNS' THEN 'row has more values than the header''s {width} columns' "
-            f"ELSE 'row could not be parsed (' || lower(x.error_type) || '); check its quotes' END")
+            f"ELSE 'row could not be parsed (' || lower(x.error_type) || '); check its quotes' END)")
+
+
+def _control_message(headers: list[str]) -> str:
+    """A row error naming each cell that holds a control character (PostgreSQL refuses NUL; no cell
+    value is quoted). The whole row is tested once, the cells only when it matches."""
+    cells = [f"c{j}" for j in range(len(headers))]
+    if not cells:
+        return "CAST(NULL AS VARCHAR)"
+    named = ", ".join(
+        f"CASE WHEN regexp_matches(coalesce(c{j}, ''), {_CONTROL}) THEN "
+        f"{_literal((h or f'column {j + 1}') + ': contains a control character (such as NUL); remove it')} END"
+        for j, h in enumerate(headers))
+    return (f"CASE WHEN regexp_matches(concat({', '.join(cells)}), {_CONTROL}) "
+            f"THEN concat_ws('; ', {named}) END")
 
 
 def _cell(template: EntityMapping | None, column: str, raw: str) -> str:
@@ -357,21 +680,58 @@ def _union_entity(db: StageDb, entity: Entity, files: list[StagedFile],
         ]
         unknown = [(j, h) for j, (h, c) in enumerate(zip(f.header.headers, f.header.columns, strict=True))
                    if c is None]
-        extra = "CAST(NULL AS JSON)"
-        if unknown:
+        extra, control, join = "CAST(NULL AS JSON)", _control_message(f.header.headers), ""
+        if width > _WIDE:
+            extra, control, join = "w.extra", "w.control", f"LEFT JOIN {_wide_cells(db, f)} w USING (row_number) "
+        elif unknown:
             pairs = ", ".join(f"'{h.replace(chr(39), chr(39) * 2)}', nullif(trim(c{j}), '')" for j, h in unknown)
             values = ", ".join(f"nullif(trim(c{j}), '')" for j, _ in unknown)
             extra = f"CASE WHEN coalesce({values}) IS NOT NULL THEN json_object({pairs}) END"
+        keyed = ["x.external_id" if c == entity.key else "NULL" for c in present]
         selects.append(
             f"SELECT CAST({i} AS BIGINT) * 10000000000 + r.row_number AS rid, {i} AS file_index, r.row_number, "
-            f"{', '.join(cells) or 'NULL AS _none'}, {extra} AS extra, CAST(NULL AS VARCHAR) AS width_error "
-            f"FROM {db.raw(i)} r "
+            f"{', '.join(cells) or 'NULL AS _none'}, {extra} AS extra, {control} AS width_error "
+            f"FROM {db.raw(i)} r {join}"
             f"UNION ALL SELECT CAST({i} AS BIGINT) * 10000000000 + x.row_number, {i}, x.row_number, "
-            f"{', '.join('NULL' for _ in present) or 'NULL'}, NULL, "
+            f"{', '.join(keyed) or 'NULL'}, NULL, "
             f"{_width_message(width)} "
             f"FROM {db.rejected(i)} x"
         )
     db.con.execute(f"CREATE TABLE {db.staged(entity.name)} AS " + " UNION ALL ".join(selects) + " ORDER BY rid")
+
+
+def _wide_cells(db: StageDb, f: StagedFile) -> str:
+    """A wide file's unknown cells as JSON and its control-character messages, per row, computed on the
+    cells unpivoted: DuckDB binds one expression per column in time that grows with the square of the
+    columns (3,000 columns took over a minute), an UNPIVOT in time that grows with the cells."""
+    con, i = db.con, f.file_index
+    headers = pd.DataFrame({
+        "name": [f"c{j}" for j in range(len(f.header.headers))],
+        "position": range(len(f.header.headers)),
+        "header": [h or f"(unnamed column {j + 1})" for j, h in enumerate(f.header.headers)],
+        "known": [c is not None for c in f.header.columns],
+    })
+    headers["message"] = headers["header"] + ": contains a control character (such as NUL); remove it"
+    con.register("wide_headers", headers)
+    con.execute(f"CREATE TEMP TABLE wide_headers_{i} AS SELECT * FROM wide_headers")
+    con.unregister("wide_headers")
+    con.execute(f"""
+        CREATE TEMP TABLE wide_cells_{i} AS
+        SELECT u.row_number, u.value, h.* EXCLUDE (name)
+        FROM (UNPIVOT {db.raw(i)} ON COLUMNS('^c[0-9]+$') INTO NAME name VALUE value) u
+        JOIN wide_headers_{i} h USING (name)""")
+    con.execute(f"""
+        CREATE TEMP TABLE wide_{i} AS
+        WITH extra AS (
+            SELECT row_number, json_group_object(header, trim(value)) AS extra FROM wide_cells_{i}
+            WHERE NOT known AND trim(value) <> '' GROUP BY row_number
+        ), control AS (
+            SELECT row_number, string_agg(message, '; ' ORDER BY position) AS control FROM wide_cells_{i}
+            WHERE regexp_matches(value, {_CONTROL}) GROUP BY row_number
+        )
+        SELECT row_number, extra.extra, control.control FROM extra FULL JOIN control USING (row_number)""")
+    con.execute(f"DROP TABLE wide_cells_{i}")
+    return f"wide_{i}"
 
 
 def _record_files(db: StageDb, staged: list[StagedFile]) -> None:
@@ -383,6 +743,10 @@ def _record_files(db: StageDb, staged: list[StagedFile]) -> None:
     for s in staged:
         con.execute(f"INSERT INTO {db.batch_files} VALUES (?, ?, ?, ?, ?, ?)",
                     [s.file_index, s.name, s.entity, s.rows, s.rejected_rows, s.delimiter])
-        con.executemany(f"INSERT INTO {db.header_map} VALUES (?, ?, ?, ?)",
-                        [[s.file_index, j, h, c] for j, (h, c) in
-                         enumerate(zip(s.header.headers, s.header.columns, strict=True))])
+    header_rows = pd.DataFrame(  # one insert for thousands of columns (executemany is row by row)
+        [(s.file_index, j, h, c) for s in staged
+         for j, (h, c) in enumerate(zip(s.header.headers, s.header.columns, strict=True))],
+        columns=["file_index", "position", "header", "column_name"])
+    con.register("header_rows", header_rows)
+    con.execute(f"INSERT INTO {db.header_map} SELECT * FROM header_rows")
+    con.unregister("header_rows")

@@ -57,6 +57,8 @@ class Mapping:
     description: str
     entities: dict[str, EntityMapping]
     files: dict[str, str]  # file name pattern (glob, case-insensitive) -> entity
+    delimiter: str | None = None  # the files' delimiter, when detection should not decide
+    sheet: str | None = None  # the workbook sheet to read (default: the first)
 
     @property
     def uses_sql(self) -> bool:
@@ -107,7 +109,13 @@ def load_mapping(name_or_path: str) -> Mapping:
     for pattern, entity in files.items():
         if entity not in ENTITIES:
             raise MappingError(f"template {path.name}: files pattern {pattern!r} names unknown entity {entity!r}")
-    return Mapping(path.stem, str(raw.get("description", "")), entities, files)
+    delimiter = raw.get("delimiter")
+    delimiter = {"tab": "\t", "\\t": "\t", "comma": ",", "semicolon": ";", "pipe": "|"}.get(
+        delimiter, delimiter) if delimiter is not None else None
+    if delimiter is not None and (not isinstance(delimiter, str) or len(delimiter) != 1 or delimiter in "\"\r\n"):
+        raise MappingError(f"template {path.name}: `delimiter` is one character (or tab, comma, semicolon, pipe)")
+    sheet = str(raw["sheet"]) if raw.get("sheet") is not None else None
+    return Mapping(path.stem, str(raw.get("description", "")), entities, files, delimiter, sheet)
 
 
 def _entity_mapping(template: str, name: str, spec: dict) -> EntityMapping:
