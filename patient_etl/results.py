@@ -22,6 +22,7 @@ from patient_etl.entities import ENTITIES
 
 RESULT_COLUMNS = ("row_number", "entity", "external_id", "status", "messages")
 STATUSES = ("Created", "Updated", "Unchanged", "Errored")
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 def utc_now() -> str:
@@ -67,6 +68,12 @@ def write_failed(folder: Path, batch: Batch, reason: str, scope: str = "file") -
 def neutralize(expr: str) -> str:
     """Spreadsheet formula injection: `=`, `+`, `-`, `@`, tab and CR starts become text."""
     return f"CASE WHEN regexp_matches({expr}, '^[-=+@\t\r]') THEN '''' || {expr} ELSE {expr} END"
+
+
+def neutral_header(header: str) -> str:
+    """A column name as the errors file writes it: the partner's header, unless a spreadsheet would run
+    it as a formula (then with a leading apostrophe, as cells get)."""
+    return "'" + header if header[:1] in FORMULA_STARTS else header
 
 
 def safe_stem(name: str) -> str:
@@ -117,7 +124,7 @@ def errors_query(raw: str, entity: str, headers: list[tuple[int, str, str | None
     for position, header, column in headers:
         kind = kinds.get(column)
         value = kind.echo_sql.format(v=f"c{position}") if kind is not None and kind.echo_sql else f"c{position}"
-        quoted = '"' + header.replace('"', '""') + '"'
+        quoted = '"' + neutral_header(header).replace('"', '""') + '"'
         cells.append(f"{neutralize(value)} AS {quoted}")
     return f"""
         SELECT {', '.join(cells)}, {neutralize('r.messages')} AS errors
