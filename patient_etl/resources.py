@@ -11,6 +11,7 @@ from patient_etl.batches import Home, Registry
 from patient_etl.workspace import Workspace
 
 DEFAULT_MAX_BYTES = 2 * 1024**3
+DEFAULT_RETENTION_DAYS = 30
 
 
 class PatientEtl(dg.ConfigurableResource):
@@ -26,11 +27,13 @@ class PatientEtl(dg.ConfigurableResource):
     process_on_arrival: bool = True
     webhook_url: str | None = None
     webhook_secret: str | None = None
+    hash_key: str | None = None  # the secret of SSN hashes (PATIENT_ETL_HASH_KEY); production sets one
+    retention_days: int = DEFAULT_RETENTION_DAYS
 
     def home_dir(self) -> Home:
         if self.home:
-            return Home(Path(self.home).absolute()).ensure()
-        return Home.from_env().ensure()
+            return Home(Path(self.home).absolute()).open()
+        return Home.from_env().open()
 
     def registry(self) -> Registry:
         return Registry(self.home_dir())
@@ -40,6 +43,13 @@ class PatientEtl(dg.ConfigurableResource):
 
     def target(self) -> str:
         return self.target_url or self.home_dir().embedded_target_url
+
+    def ssn_hash_key(self) -> bytes:
+        """The key of SSN hashes: PATIENT_ETL_HASH_KEY, else the embedded default's per-home random key
+        (`hash.key`, 0600, made on first use). Hashes made under one key match only hashes made under it."""
+        if self.hash_key:
+            return self.hash_key.encode()
+        return self.home_dir().default_hash_key()
 
     def notify(self, log, batch) -> None:
         """The finished-batch webhook, when one is configured; a failed delivery is a warning."""
@@ -59,6 +69,8 @@ SETTINGS = {
     "webhook_url": ("PATIENT_ETL_WEBHOOK_URL", False),
     "webhook_secret": ("PATIENT_ETL_WEBHOOK_SECRET", False),
     "max_file_bytes": ("PATIENT_ETL_MAX_FILE_BYTES", True),
+    "hash_key": ("PATIENT_ETL_HASH_KEY", False),
+    "retention_days": ("PATIENT_ETL_RETENTION_DAYS", True),
 }
 
 

@@ -18,6 +18,7 @@ import duckdb
 
 from patient_etl.duck import scalar
 from patient_etl.entities import ENTITIES, FORMAT_ALIASES
+from patient_etl.entities.kinds import SSN_TOKEN_MACRO
 from patient_etl.entities.spec import Entity, map_header
 from patient_etl.errors import SafeError
 from patient_etl.resources import DEFAULT_MAX_BYTES
@@ -187,6 +188,18 @@ def detect_entity(name: str, headers: list[str]) -> Entity:
     return max(ENTITIES.values(), key=score)
 
 
+def _protected_cells(staged: StagedFile) -> str:
+    """`c0, .., cN`, a column that maps to an SSN field replaced by its token (entities/kinds.py)."""
+    entities = [ENTITIES[staged.entity]] if staged.entity in ENTITIES else list(ENTITIES.values())
+    kinds = {c.name: c.field.kind for e in entities for c in e.columns()}
+    cells = []
+    for j, (header, column) in enumerate(zip(staged.header.headers, staged.header.columns, strict=True)):
+        names = [column] if column and column != "*" else [map_header(e, header) for e in entities]
+        protect = any(n and kinds.get(n) is not None and kinds[n].hash_sql for n in names)
+        cells.append(f"{SSN_TOKEN_MACRO}(c{j}) AS c{j}" if protect else f"c{j}")
+    return ", ".join(cells) or "*"
+
+
 def _load_file(db: StageDb, staged: StagedFile) -> None:
     """Read one CSV into `raw_<i>` with its 1-based data row numbers, rows of the wrong width kept aside.
 
@@ -199,7 +212,7 @@ def _load_file(db: StageDb, staged: StagedFile) -> None:
     columns = "{" + ", ".join(f"'c{j}': 'VARCHAR'" for j in range(width)) + "}"
     con.execute(
         f"""
-        CREATE TABLE accepted_{i} AS
+        CREATE TEMP TABLE accepted_{i} AS
         SELECT * FROM read_csv(?, header = true, columns = {columns}, delim = ?, quote = '"', escape = '"',
                                store_rejects = true, rejects_table = 'rejects_{i}', rejects_scan = 'scan_{i}',
                                strict_mode = true, encoding = 'utf-8')
@@ -214,12 +227,13 @@ def _load_file(db: StageDb, staged: StagedFile) -> None:
         FROM rejects_{i} ORDER BY line
         """
     )
+    cells = _protected_cells(staged)  # the file as read stays in memory: `raw_<i>` keeps SSNs as tokens
     accepted = scalar(con, f"SELECT count(*) FROM accepted_{i}")
     rejected_rows = scalar(con, f"SELECT count(*) FROM {rejected}")
     if accepted + rejected_rows == 0:
         raise FileRejected("no_data", f"{staged.name} has a header but no data rows")
     if rejected_rows == 0:
-        con.execute(f"CREATE TABLE {raw} AS SELECT rowid + 1 AS row_number, * FROM accepted_{i}")
+        con.execute(f"CREATE TABLE {raw} AS SELECT rowid + 1 AS row_number, {cells} FROM accepted_{i}")
         staged.rows, staged.rejected_rows = accepted, 0
         return
     con.execute(
@@ -230,7 +244,7 @@ def _load_file(db: StageDb, staged: StagedFile) -> None:
             FROM range(1, {accepted + rejected_rows + 1}) t(n)
             WHERE n NOT IN (SELECT row_number FROM {rejected})
         ),
-        ordered AS (SELECT *, rowid + 1 AS k FROM accepted_{i})
+        ordered AS (SELECT {cells}, rowid + 1 AS k FROM accepted_{i})
         SELECT numbers.row_number, ordered.* EXCLUDE (k) FROM ordered JOIN numbers USING (k)
         """
     )

@@ -208,7 +208,7 @@ class Target:
         """A private file in the batch's folder for one bulk move, removed however the move ends."""
         if self.work_dir is None:
             raise ValueError("bulk moves need the batch's folder: open_target(url, work_dir=folder)")
-        fd, name = tempfile.mkstemp(prefix=".target-", suffix=".csv", dir=self.work_dir)
+        fd, name = tempfile.mkstemp(prefix=f".target-{os.getpid()}-", suffix=".csv", dir=self.work_dir)
         os.close(fd)
         path = Path(name)
         try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
+from patient_etl.entities.kinds import hash_column
 from patient_etl.entities.spec import Entity
 
 AUDIT_COLUMNS = ("created_batch_id", "updated_batch_id", "created_at", "updated_at")
@@ -45,6 +46,7 @@ class Table:
 def stored_columns(entity: Entity) -> list[tuple[str, str]]:
     """(name, logical type) of every stored, comparable column of an entity, key first."""
     cols = [(f.name, f.kind.logical_type) for f in entity.fields]
+    cols += [(hash_column(f.name), "text") for f in entity.fields if f.kind.hash_sql]
     cols += [(g.stored_as, "text") for g in entity.groups]
     cols.append(("extra", "text"))
     if entity.match_on:
