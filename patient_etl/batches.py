@@ -2,7 +2,9 @@
 
 A batch is registered (by a sensor or the CLI) before it is processed: its manifest records where
 its files come from, so the landing step, the nightly schedule and backfills all find it by its
-partition key alone. Status moves Registered -> Landed -> Finished | Finished with Errors | Failed.
+partition key alone. Status moves Received -> Landed -> Staged -> Checked -> Publishing -> Finished |
+Finished with Errors | Failed; each change is kept in its history, and the target's `import_batch`
+row follows it (`PatientEtl.registry()` passes `on_status`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import re
 import secrets
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -182,7 +185,7 @@ class Batch:
     source: str  # upload | sftp | s3 | cli: the `Source.kind` that lands, retires and answers it
     files: list[SourceFile]
     registered_at: str
-    status: str = "Registered"
+    status: str = "Received"
     reason: str | None = None
     mapping: str | None = None
     landed: list[dict] = field(default_factory=list)  # name, path, size, sha256 per landed file
@@ -205,6 +208,11 @@ class Batch:
     @property
     def is_pending(self) -> bool:
         return self.status not in FINAL_STATUSES
+
+    @property
+    def run_ids(self) -> set[str]:
+        """The runs whose outcome the registry recorded."""
+        return {h["run_id"] for h in self.history if h.get("run_id")}
 
     @property
     def finished_at(self) -> dt.datetime | None:
@@ -237,21 +245,22 @@ def _write_json(path: Path, payload: dict) -> None:
 class Registry:
     """Batch manifests, one JSON file per batch under the home's `batches/` folder."""
 
-    def __init__(self, home: Home):
+    def __init__(self, home: Home, on_status: Callable[[Batch, str], None] | None = None):
         self.home = home.ensure()
+        self.on_status = on_status
 
     def path(self, batch_id: str) -> Path:
         return self.home.registry / f"{batch_id}.json"
 
     def register(self, source: str, files: list[SourceFile], fingerprint: str, mapping: str | None = None,
-                 now: dt.datetime | None = None, batch_id: str | None = None) -> Batch:
+                 now: dt.datetime | None = None, batch_id: str | None = None, dry_run: bool = False) -> Batch:
         now = now or dt.datetime.now(dt.UTC)
         batch_id = batch_id or partition_key(source, files[0].name, fingerprint, now)
         existing = self.get(batch_id)
         if existing is not None:
             return existing
-        batch = Batch(batch_id, source, files, now.isoformat(timespec="seconds"), mapping=mapping)
-        self.save(batch)
+        batch = Batch(batch_id, source, files, now.isoformat(timespec="seconds"), mapping=mapping, dry_run=dry_run)
+        self.set_status(batch, "Received")
         return batch
 
     def get(self, batch_id: str) -> Batch | None:
@@ -271,12 +280,19 @@ class Registry:
     def save(self, batch: Batch) -> None:
         _write_json(self.path(batch.batch_id), asdict(batch))
 
-    def set_status(self, batch: Batch, status: str, **changes) -> Batch:
+    def set_status(self, batch: Batch, status: str, run_id: str | None = None, **changes) -> Batch:
+        """A new status (`run_id`: the run whose outcome it records), saved, then announced to `on_status`
+        (the target's batch row follows the lifecycle)."""
         for name, value in changes.items():
             setattr(batch, name, value)
         batch.status = status
-        batch.history.append({"status": status, "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")})
+        entry = {"status": status, "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
+        if run_id:
+            entry["run_id"] = run_id
+        batch.history.append(entry)
         self.save(batch)
+        if self.on_status is not None and status not in FINAL_STATUSES:  # final ones are written with the data
+            self.on_status(batch, status)
         return batch
 
     def ids(self) -> list[str]:

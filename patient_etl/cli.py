@@ -101,7 +101,7 @@ def import_batch(paths: list[str], etl: PatientEtl, dry_run: bool = False, mappi
     now = dt.datetime.now(dt.UTC)
     fingerprint = hashlib.sha256(json.dumps([[s.location, s.size, s.mtime_ns] for s in sources]).encode()
                                  + now.isoformat().encode() + os.urandom(8)).hexdigest()
-    batch = etl.registry().register("cli", sources, fingerprint, mapping=mapping, now=now)
+    batch = etl.registry().register("cli", sources, fingerprint, mapping=mapping, now=now, dry_run=dry_run)
     return run_batch(batch.batch_id, etl, dry_run=dry_run, instance=instance, verbose=verbose)
 
 
@@ -115,7 +115,10 @@ def run_batch(batch_id: str, etl: PatientEtl, dry_run: bool = False, instance: d
         with home_instance(etl.home_dir()) as own:
             return run_batch(batch_id, etl, dry_run, own, sources, verbose)
     registry = etl.registry()
-    registry.require(batch_id)
+    batch = registry.require(batch_id)
+    if batch.dry_run != dry_run:  # a dry run's stages write nothing to the target, not even their status
+        batch.dry_run = dry_run
+        registry.save(batch)
     if not instance.has_dynamic_partition("batches", batch_id):
         instance.add_dynamic_partitions("batches", [batch_id])
     # The CLI is its own launcher: settings and sources are read from the environment now, as the code

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -36,7 +37,26 @@ class PatientEtl(dg.ConfigurableResource):
         return Home.from_env().open()
 
     def registry(self) -> Registry:
-        return Registry(self.home_dir())
+        return Registry(self.home_dir(), on_status=self.record_status)
+
+    def record_status(self, batch, status: str) -> None:
+        """The target's batch row follows the lifecycle (Received, Landed, Staged, Checked, Publishing).
+        Best effort: an unreachable target does not stop a stage (publish, which needs it, says so). A dry
+        run writes nothing to the target."""
+        if batch.dry_run:
+            return
+        from patient_etl.entities import ENTITIES
+        from patient_etl.results import status_row
+        from patient_etl.target import open_target
+
+        target = open_target(self.target())
+        try:
+            target.record_status(status_row(batch, status), list(ENTITIES.values()))
+        except Exception as exc:  # the type only: a driver's message may quote values
+            logging.getLogger("patient_etl").warning(
+                f"batch {batch.batch_id}: status {status} not written to the target ({type(exc).__name__})")
+        finally:
+            target.dispose()
 
     def workspace(self, batch_id: str) -> Workspace:
         return Workspace(self.home_dir(), batch_id)

@@ -36,15 +36,26 @@ def results_base(batch: Batch, dry_run: bool = False) -> str:
 
 
 def batch_row(batch: Batch, status: str, counts: dict[str, int], results_file: str | None,
-              reason: str | None = None) -> dict:
-    """The batch's row in the target's `import_batch` log."""
+              reason: str | None = None, run_id: str | None = None) -> dict:
+    """The batch's row in the target's `import_batch` log, and its run's in `import_run`."""
+    now = dt.datetime.now(dt.UTC).isoformat()  # microseconds: a batch's runs are ordered by it
     return {
         "batch_id": batch.batch_id, "source": batch.source, "file_names": json.dumps([f.name for f in batch.files]),
         "sha256": json.dumps({f["name"]: f["sha256"] for f in batch.landed}) if batch.landed else None,
         "status": status, "reason": reason, "rows_total": sum(counts.values()),
         "created": counts.get("Created", 0), "updated": counts.get("Updated", 0),
         "unchanged": counts.get("Unchanged", 0), "errored": counts.get("Errored", 0),
-        "results_file": results_file, "registered_at": batch.registered_at, "finished_at": utc_now(),
+        "results_file": results_file, "registered_at": batch.registered_at, "finished_at": now,
+        "run_id": run_id, "status_at": now,
+    }
+
+
+def status_row(batch: Batch, status: str, run_id: str | None = None) -> dict:
+    """The batch's row in `import_batch` at a stage of its lifecycle (no counts: they stay its last run's)."""
+    return {
+        "batch_id": batch.batch_id, "source": batch.source, "file_names": json.dumps([f.name for f in batch.files]),
+        "sha256": json.dumps({f["name"]: f["sha256"] for f in batch.landed}) if batch.landed else None,
+        "status": status, "registered_at": batch.registered_at, "run_id": run_id, "status_at": utc_now(),
     }
 
 

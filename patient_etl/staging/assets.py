@@ -29,7 +29,7 @@ def staged_rows(context: dg.AssetExecutionContext, etl: PatientEtl, sources: Sou
             mapping = load_mapping(batch.mapping) if batch.mapping else None
             staged = stage_files(db, landed_paths(home, batch), etl.max_file_bytes, mapping=mapping)
     except (FileRejected, MappingError) as exc:
-        batch = fail_batch(context.log, etl, batch, exc.reason, sources=sources)
+        batch = fail_batch(context.log, etl, batch, exc.reason, sources=sources, run_id=context.run_id)
         raise dg.Failure(
             description=f"Batch failed at file level ({exc.code}): {exc.reason}",
             metadata={"failure": exc.code, "results_file": dg.MetadataValue.path(batch.results_file)},
