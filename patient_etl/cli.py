@@ -111,7 +111,7 @@ def import_batch(paths: list[str], etl: PatientEtl, dry_run: bool = False, mappi
     fingerprint = hashlib.sha256(json.dumps([[s.location, s.size, s.mtime_ns] for s in sources]).encode()
                                  + now.isoformat().encode() + os.urandom(8)).hexdigest()
     registry = etl.registry()
-    batch = registry.register("cli", sources, fingerprint, mapping=mapping, now=now)
+    batch = registry.register("cli", sources, fingerprint, mapping=mapping, now=now, dry_run=dry_run)
     if delimiter:
         batch.delimiter = DELIMITERS.get(delimiter, delimiter)
         registry.save(batch)
@@ -128,7 +128,10 @@ def run_batch(batch_id: str, etl: PatientEtl, dry_run: bool = False, instance: d
         with home_instance(etl.home_dir()) as own:
             return run_batch(batch_id, etl, dry_run, own, sources, verbose)
     registry = etl.registry()
-    registry.require(batch_id)
+    batch = registry.require(batch_id)
+    if batch.dry_run != dry_run:  # a dry run's stages write nothing to the target, not even their status
+        batch.dry_run = dry_run
+        registry.save(batch)
     if not instance.has_dynamic_partition("batches", batch_id):
         instance.add_dynamic_partitions("batches", [batch_id])
     # The CLI is its own launcher: settings and sources are read from the environment now, as the code
@@ -210,18 +213,33 @@ def show_batch(etl: PatientEtl, batch_id: str, as_json: bool) -> int:
     detail = {**_batch_summary(batch), "reason": batch.reason, "mapping": batch.mapping,
               "results_file": batch.results_file, "dry_run": batch.dry_run,
               "landed": [{"name": i["name"], "size": i["size"], "sha256": i["sha256"]} for i in batch.landed],
+              "purged_at": batch.purged_at,
               "history": batch.history}
     if as_json:
         print(json.dumps(detail))
         return 0
     print(f"Batch {batch.batch_id}: {batch.status}")
-    for key in ("source", "files", "received", "finished", "mapping", "reason", "results_file"):
+    for key in ("source", "files", "received", "finished", "mapping", "reason", "results_file", "purged_at"):
         if detail[key]:
             print(f"  {key}: {', '.join(detail[key]) if isinstance(detail[key], list) else detail[key]}")
     print("  counts: " + ", ".join(f"{k} {v}" for k, v in detail["counts"].items()))
     for item in detail["landed"]:
         print(f"  landed: {item['name']} ({item['size']:,} bytes, sha256 {item['sha256'][:16]}...)")
     print("  history: " + " -> ".join(f"{h['status']} ({h['at']})" for h in batch.history))
+    return 0
+
+
+def purge_batches(etl: PatientEtl, older_than_days: float, as_json: bool) -> int:
+    """Retention: the landed copies and staging of batches that ended more than DAYS ago."""
+    purged = etl.registry().purge(older_than_days)
+    if as_json:
+        print(json.dumps({"purged": [{"batch_id": b.batch_id, "status": b.status, "purged_at": b.purged_at}
+                                     for b in purged]}))
+    else:
+        print(f"purged {len(purged)} batch(es) that ended more than {older_than_days:g} days ago "
+              "(landed copies and staging; results and batch records kept)")
+        for batch in purged:
+            print(f"  {batch.batch_id} ({batch.status})")
     return 0
 
 
@@ -299,6 +317,9 @@ def main(argv: list[str] | None = None) -> int:
     rerun.add_argument("batch")
     rerun.add_argument("--json", action="store_true")
     rerun.add_argument("--verbose", action="store_true")
+    purge = sub.add_parser("purge", help="remove landed copies and staging of batches that ended DAYS ago")
+    purge.add_argument("--older-than", type=float, required=True, metavar="DAYS")
+    purge.add_argument("--json", action="store_true")
     ui = sub.add_parser("ui", help="the Dagster UI and daemon on this home's instance, on 127.0.0.1")
     ui.add_argument("--port", type=int, default=3000)
     tpl = sub.add_parser("template", help="write the CSV template and its column notes")
@@ -320,11 +341,18 @@ def main(argv: list[str] | None = None) -> int:
             return list_batches(etl, args.status, args.json)
         if args.command == "show":
             return show_batch(etl, args.batch, args.json)
+        if args.command == "purge":
+            if args.older_than < 0:
+                raise UsageError("--older-than needs a number of days, 0 or more")
+            return purge_batches(etl, args.older_than, args.json)
         if args.command == "ui":
             return run_ui(etl.home_dir(), args.port)
         if args.command == "rerun":
-            if etl.registry().get(args.batch) is None:
+            batch = etl.registry().get(args.batch)
+            if batch is None:
                 raise UsageError(f"no batch {args.batch!r} in {etl.home_dir().registry}")
+            if batch.purged_at:
+                raise UsageError(f"batch {args.batch}: {batch.purged_reason}")
             return _print_outcome(run_batch(args.batch, etl, verbose=args.verbose), args.json)
         if args.delimiter is not None and len(DELIMITERS.get(args.delimiter, args.delimiter)) != 1:
             raise UsageError(f"--delimiter is one character or one of {', '.join(DELIMITERS)}")

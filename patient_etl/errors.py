@@ -29,8 +29,8 @@ def phi_safe(home: Home, batch_id: str, step: str) -> Iterator[None]:
     except (dg.Failure, SafeError):
         raise
     except Exception as exc:
-        logs = home.root / "logs"
-        logs.mkdir(exist_ok=True)
+        logs = home.logs
+        logs.mkdir(mode=0o700, exist_ok=True)
         path = logs / f"{batch_id}.log"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         with os.fdopen(fd, "a") as handle:

@@ -28,14 +28,17 @@ PARTITION_TAG = "dagster/partition"
 
 
 def fail_batch(log, etl: PatientEtl, batch: Batch, reason: str, failure: str = "file", scope: str = "file",
-               sources: Sources | None = None) -> Batch:
+               sources: Sources | None = None, run_id: str | None = None) -> Batch:
     """Record `batch` as Failed with `reason`; return it as saved. `failure` says whose fault it is
     ("file": the partner's; "run": ours), `scope` what the results file's message names (file, target,
-    batch). With `sources`, the results file goes back to the batch's source (SFTP, object store)."""
+    batch). With `sources`, the results file goes back to the batch's source (SFTP, object store). The failed
+    `run_id` gets a row in the target's run history, unless that run had committed an outcome before it
+    failed: that row stays, and the next reprocess reports it (see `publish_batch`)."""
     path = results.write_failed(etl.home_dir().results, batch, reason, scope)
     target = open_target(etl.target())
     try:
-        target.record_batch(results.batch_row(batch, "Failed", {}, path.name, reason), list(ENTITIES.values()))
+        target.record_batch(results.batch_row(batch, "Failed", {}, path.name, reason, run_id=run_id),
+                            list(ENTITIES.values()))
     except Exception as exc:  # the target may be what failed: the results file and registry still say why
         log.warning(f"batch {batch.batch_id}: the Failed status could not be written to the target "
                     f"({type(exc).__name__})")
@@ -75,7 +78,7 @@ def end_failed_run(log, etl: PatientEtl, instance: dg.DagsterInstance, run: dg.D
     if batch is None or not batch.is_pending:
         return None
     return fail_batch(log, etl, batch, run_failure_reason(instance, run.run_id), failure="run", scope="batch",
-                      sources=sources)
+                      sources=sources, run_id=run.run_id)
 
 
 @dg.run_failure_sensor(name="batch_failure_sensor", minimum_interval_seconds=15,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -17,6 +18,7 @@ DEFAULT_MAX_LINE_BYTES = 1024**2
 DEFAULT_MAX_ZIP_MEMBERS = 500
 DEFAULT_MAX_UNCOMPRESSED_BYTES = 2 * 1024**3
 DEFAULT_MAX_COMPRESSION_RATIO = 200
+DEFAULT_RETENTION_DAYS = 30
 
 
 class PatientEtl(dg.ConfigurableResource):
@@ -37,20 +39,48 @@ class PatientEtl(dg.ConfigurableResource):
     process_on_arrival: bool = True
     webhook_url: str | None = None
     webhook_secret: str | None = None
+    hash_key: str | None = None  # the secret of SSN hashes (PATIENT_ETL_HASH_KEY); production sets one
+    retention_days: int = DEFAULT_RETENTION_DAYS
 
     def home_dir(self) -> Home:
         if self.home:
-            return Home(Path(self.home).absolute()).ensure()
-        return Home.from_env().ensure()
+            return Home(Path(self.home).absolute()).open()
+        return Home.from_env().open()
 
     def registry(self) -> Registry:
-        return Registry(self.home_dir())
+        return Registry(self.home_dir(), on_status=self.record_status)
+
+    def record_status(self, batch, status: str) -> None:
+        """The target's batch row follows the lifecycle (Received, Landed, Staged, Checked, Publishing).
+        Best effort: an unreachable target does not stop a stage (publish, which needs it, says so). A dry
+        run writes nothing to the target."""
+        if batch.dry_run:
+            return
+        from patient_etl.entities import ENTITIES
+        from patient_etl.results import status_row
+        from patient_etl.target import open_target
+
+        target = open_target(self.target())
+        try:
+            target.record_status(status_row(batch, status), list(ENTITIES.values()))
+        except Exception as exc:  # the type only: a driver's message may quote values
+            logging.getLogger("patient_etl").warning(
+                f"batch {batch.batch_id}: status {status} not written to the target ({type(exc).__name__})")
+        finally:
+            target.dispose()
 
     def workspace(self, batch_id: str) -> Workspace:
         return Workspace(self.home_dir(), batch_id)
 
     def target(self) -> str:
         return self.target_url or self.home_dir().embedded_target_url
+
+    def ssn_hash_key(self) -> bytes:
+        """The key of SSN hashes: PATIENT_ETL_HASH_KEY, else the embedded default's per-home random key
+        (`hash.key`, 0600, made on first use). Hashes made under one key match only hashes made under it."""
+        if self.hash_key:
+            return self.hash_key.encode()
+        return self.home_dir().default_hash_key()
 
     def notify(self, log, batch) -> None:
         """The finished-batch webhook, when one is configured; a failed delivery is a warning."""
@@ -75,6 +105,8 @@ SETTINGS = {
     "max_zip_members": ("PATIENT_ETL_MAX_ZIP_MEMBERS", True),
     "max_uncompressed_bytes": ("PATIENT_ETL_MAX_UNCOMPRESSED_BYTES", True),
     "max_compression_ratio": ("PATIENT_ETL_MAX_COMPRESSION_RATIO", True),
+    "hash_key": ("PATIENT_ETL_HASH_KEY", False),
+    "retention_days": ("PATIENT_ETL_RETENTION_DAYS", True),
 }
 
 

@@ -22,6 +22,7 @@ from patient_etl.entities import ENTITIES
 
 RESULT_COLUMNS = ("row_number", "entity", "external_id", "status", "messages")
 STATUSES = ("Created", "Updated", "Unchanged", "Errored")
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 def utc_now() -> str:
@@ -35,15 +36,26 @@ def results_base(batch: Batch, dry_run: bool = False) -> str:
 
 
 def batch_row(batch: Batch, status: str, counts: dict[str, int], results_file: str | None,
-              reason: str | None = None) -> dict:
-    """The batch's row in the target's `import_batch` log."""
+              reason: str | None = None, run_id: str | None = None) -> dict:
+    """The batch's row in the target's `import_batch` log, and its run's in `import_run`."""
+    now = dt.datetime.now(dt.UTC).isoformat()  # microseconds: a batch's runs are ordered by it
     return {
         "batch_id": batch.batch_id, "source": batch.source, "file_names": json.dumps([f.name for f in batch.files]),
         "sha256": json.dumps({f["name"]: f["sha256"] for f in batch.landed}) if batch.landed else None,
         "status": status, "reason": reason, "rows_total": sum(counts.values()),
         "created": counts.get("Created", 0), "updated": counts.get("Updated", 0),
         "unchanged": counts.get("Unchanged", 0), "errored": counts.get("Errored", 0),
-        "results_file": results_file, "registered_at": batch.registered_at, "finished_at": utc_now(),
+        "results_file": results_file, "registered_at": batch.registered_at, "finished_at": now,
+        "run_id": run_id, "status_at": now,
+    }
+
+
+def status_row(batch: Batch, status: str, run_id: str | None = None) -> dict:
+    """The batch's row in `import_batch` at a stage of its lifecycle (no counts: they stay its last run's)."""
+    return {
+        "batch_id": batch.batch_id, "source": batch.source, "file_names": json.dumps([f.name for f in batch.files]),
+        "sha256": json.dumps({f["name"]: f["sha256"] for f in batch.landed}) if batch.landed else None,
+        "status": status, "registered_at": batch.registered_at, "run_id": run_id, "status_at": utc_now(),
     }
 
 
@@ -67,6 +79,12 @@ def write_failed(folder: Path, batch: Batch, reason: str, scope: str = "file") -
 def neutralize(expr: str) -> str:
     """Spreadsheet formula injection: `=`, `+`, `-`, `@`, tab and CR starts become text."""
     return f"CASE WHEN regexp_matches({expr}, '^[-=+@\t\r]') THEN '''' || {expr} ELSE {expr} END"
+
+
+def neutral_header(header: str) -> str:
+    """A column name as the errors file writes it: the partner's header, unless a spreadsheet would run
+    it as a formula (then with a leading apostrophe, as cells get)."""
+    return "'" + header if header[:1] in FORMULA_STARTS else header
 
 
 def safe_stem(name: str) -> str:
@@ -117,7 +135,7 @@ def errors_query(raw: str, entity: str, headers: list[tuple[int, str, str | None
     for position, header, column in headers:
         kind = kinds.get(column)
         value = kind.echo_sql.format(v=f"c{position}") if kind is not None and kind.echo_sql else f"c{position}"
-        quoted = '"' + header.replace('"', '""') + '"'
+        quoted = '"' + neutral_header(header).replace('"', '""') + '"'
         cells.append(f"{neutralize(value)} AS {quoted}")
     return f"""
         SELECT {', '.join(cells)}, {neutralize('r.messages')} AS errors

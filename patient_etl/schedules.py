@@ -1,4 +1,5 @@
-"""The nightly run: at midnight, every batch still pending is processed."""
+"""The nightly run: at midnight, every batch still pending is processed. The daily retention run: the
+landed copies and staging of batches that ended more than PATIENT_ETL_RETENTION_DAYS ago are removed."""
 
 from __future__ import annotations
 
@@ -30,7 +31,28 @@ def nightly_import_schedule_for(timezone: str) -> dg.ScheduleDefinition:
     return nightly_import_schedule
 
 
+@dg.op(name="purge_ended_batches")
+def purge_ended_batches(context, etl: PatientEtl) -> dg.Output:
+    """Remove the landed copies and staging of batches that ended more than `retention_days` ago."""
+    purged = etl.registry().purge(etl.retention_days)
+    context.log.info(f"retention: purged {len(purged)} batch(es) that ended more than {etl.retention_days} days ago")
+    return dg.Output(len(purged), metadata={"batches_purged": len(purged), "retention_days": etl.retention_days})
+
+
+@dg.job(name="retention_job", description="Remove landed copies and staging of batches past retention.")
+def retention_job():
+    purge_ended_batches()
+
+
+retention_schedule = dg.ScheduleDefinition(
+    name="retention_schedule", job=retention_job, cron_schedule="30 3 * * *",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+    description="Daily at 03:30: purge batches that ended more than PATIENT_ETL_RETENTION_DAYS (30) ago.",
+)
+
+
 def defs() -> dg.Definitions:
     """PATIENT_ETL_TIMEZONE (an IANA name) sets the nightly run's midnight; UTC by default."""
-    return dg.Definitions(schedules=[nightly_import_schedule_for(os.environ.get("PATIENT_ETL_TIMEZONE",
-                                                                                DEFAULT_TIMEZONE))])
+    timezone = os.environ.get("PATIENT_ETL_TIMEZONE", DEFAULT_TIMEZONE)
+    return dg.Definitions(schedules=[nightly_import_schedule_for(timezone), retention_schedule],
+                          jobs=[retention_job])

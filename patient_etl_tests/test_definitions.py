@@ -52,7 +52,7 @@ def test_asset_graph_reads_as_the_flow():
     assert all(isinstance(graph.get(k).partitions_def, dg.DynamicPartitionsDefinition)
                for k in graph.get_all_asset_keys())
     assert {s.name for s in defs.sensors} >= {"upload_folder_sensor"}
-    assert {s.name for s in defs.schedules} == {"nightly_import_schedule"}
+    assert {s.name for s in defs.schedules} == {"nightly_import_schedule", "retention_schedule"}
     assert defs.resolve_job_def("import_job") is not None
 
 

@@ -155,7 +155,7 @@ def test_a_failed_run_launched_by_dagster_is_ended_by_the_failure_sensor(tmp_pat
     job = build_defs({"etl": etl}).resolve_job_def("import_job")
     result = job.execute_in_process(instance=instance, partition_key=batch.batch_id, raise_on_error=False)
     assert not result.success
-    assert etl.registry().require(batch.batch_id).status == "Staged", "nothing ended it yet"
+    assert etl.registry().require(batch.batch_id).status == "Publishing", "nothing ended it yet"
     failure = next(e for e in result.all_events if e.event_type == dg.DagsterEventType.RUN_FAILURE)
     with dg.build_run_status_sensor_context(sensor_name="batch_failure_sensor", dagster_instance=instance,
                                            dagster_run=result.dagster_run, dagster_event=failure,

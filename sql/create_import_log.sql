@@ -14,7 +14,9 @@ CREATE TABLE IF NOT EXISTS import_batch (
     errored BIGINT NOT NULL DEFAULT 0,
     results_file TEXT,
     registered_at TIMESTAMPTZ,
-    finished_at TIMESTAMPTZ
+    finished_at TIMESTAMPTZ,
+    run_id TEXT,
+    status_at TIMESTAMPTZ
 );
 
 CREATE TABLE IF NOT EXISTS import_row (
@@ -26,5 +28,34 @@ CREATE TABLE IF NOT EXISTS import_row (
     status TEXT NOT NULL,
     messages TEXT,
     changed_fields TEXT,
+    run_id TEXT,
     PRIMARY KEY (batch_id, entity, file_index, row_number)
+);
+
+CREATE TABLE IF NOT EXISTS import_run (
+    run_id TEXT PRIMARY KEY,
+    batch_id TEXT NOT NULL,
+    status TEXT NOT NULL,
+    reason TEXT,
+    rows_total BIGINT NOT NULL DEFAULT 0,
+    created BIGINT NOT NULL DEFAULT 0,
+    updated BIGINT NOT NULL DEFAULT 0,
+    unchanged BIGINT NOT NULL DEFAULT 0,
+    errored BIGINT NOT NULL DEFAULT 0,
+    results_file TEXT,
+    finished_at TIMESTAMPTZ NOT NULL
+);
+CREATE INDEX IF NOT EXISTS import_run_batch ON import_run (batch_id, finished_at);
+
+CREATE TABLE IF NOT EXISTS import_run_row (
+    run_id TEXT NOT NULL,
+    batch_id TEXT NOT NULL,
+    file_index INTEGER NOT NULL,
+    row_number BIGINT NOT NULL,
+    entity TEXT NOT NULL,
+    external_id TEXT,
+    status TEXT NOT NULL,
+    messages TEXT,
+    changed_fields TEXT,
+    PRIMARY KEY (run_id, entity, file_index, row_number)
 );

@@ -10,6 +10,7 @@ CREATE TABLE IF NOT EXISTS member (
     ssn TEXT,
     family_id TEXT,
     relationship TEXT,
+    ssn_hash TEXT,
     addresses TEXT,
     emails TEXT,
     phones TEXT,

@@ -2,11 +2,11 @@
 -- Publish runs it per batch: incoming_/outcome_ are its temporary tables. The same on SQLite.
 INSERT INTO member (
     member_id, first_name, middle_name, last_name, birth_date, sex, ssn, family_id, relationship,
-    addresses, emails, phones, extra, match_key, created_batch_id, updated_batch_id, created_at,
-    updated_at)
+    ssn_hash, addresses, emails, phones, extra, match_key, created_batch_id, updated_batch_id,
+    created_at, updated_at)
 SELECT s.member_id, s.first_name, s.middle_name, s.last_name, s.birth_date, s.sex, s.ssn, s.family_id,
-    s.relationship, s.addresses, s.emails, s.phones, s.extra, s.match_key, :batch_id, :batch_id,
-    :now, :now
+    s.relationship, s.ssn_hash, s.addresses, s.emails, s.phones, s.extra, s.match_key, :batch_id,
+    :batch_id, :now, :now
 FROM incoming_member s JOIN outcome_member o ON o.rid = s.rid
 WHERE o.status IN ('Created', 'Updated')
 ON CONFLICT (member_id) DO UPDATE SET
@@ -18,6 +18,7 @@ ON CONFLICT (member_id) DO UPDATE SET
     ssn = coalesce(excluded.ssn, member.ssn),
     family_id = coalesce(excluded.family_id, member.family_id),
     relationship = coalesce(excluded.relationship, member.relationship),
+    ssn_hash = coalesce(excluded.ssn_hash, member.ssn_hash),
     addresses = coalesce(excluded.addresses, member.addresses),
     emails = coalesce(excluded.emails, member.emails),
     phones = coalesce(excluded.phones, member.phones),

@@ -9,6 +9,7 @@ GX. A kind never rolls a bad value over into a good one: what does not parse sta
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -66,6 +67,7 @@ class Kind:
     normalize_sql: str = "{value}"  # from the checked value to the stored value
     number_sql: str | None = None  # a numeric view of the value, for range checks
     echo_sql: str | None = None  # how a raw cell {v} is echoed into files (None: as sent)
+    hash_sql: str | None = None  # a keyed hash of the checked value, stored as `<field>_hash` for matching
 
 
 def _no_checks(_: dict) -> list[Check]:
@@ -124,14 +126,44 @@ EMAIL = Kind(
 )
 
 _LAST_FOUR = "'***-**-' || right({digits}, 4)"  # the one SSN mask: stored and echoed alike
+_DIGITS = "regexp_replace({v}, '[^0-9]', '', 'g')"
+# Staging keeps an SSN only as its token: the mask, a space and the keyed hash (HMAC-SHA256) of its nine
+# digits; a cell that is not nine digits keeps the mask alone, and fails its check. The clear value
+# stays in the landed copy (archive/) and nowhere else.
+SSN_TOKEN = r"\*\*\*-\*\*-[0-9]{4} [0-9a-f]{64}"
+SSN_TOKEN_MACRO = "ssn_token"
+_TOKEN_IN_TEMPLATE = SSN_TOKEN.replace("{", "{{").replace("}", "}}")
 SSN = Kind(
     "ssn",
-    "(CASE WHEN regexp_full_match({v}, '[0-9 -]+') THEN regexp_replace({v}, '[^0-9]', '', 'g') ELSE {v} END)",
+    "{v}",
     "VARCHAR", "text", "9 digits; stored and echoed masked to the last four",
-    lambda _: [Check("match_regex", "value", "must have 9 digits", args={"regex": r"^\d{9}$"})],
-    normalize_sql=_LAST_FOUR.format(digits="{value}"),
-    echo_sql=_LAST_FOUR.format(digits="regexp_replace({v}, '[^0-9]', '', 'g')"),
+    lambda _: [Check("match_regex", "value", "must have 9 digits", args={"regex": "^" + SSN_TOKEN + "$"})],
+    normalize_sql="left({value}, 11)",
+    echo_sql=(f"CASE WHEN regexp_full_match({{v}}, '{_TOKEN_IN_TEMPLATE}') THEN left({{v}}, 11) "
+              f"ELSE {_LAST_FOUR.format(digits=_DIGITS)} END"),
+    hash_sql=f"CASE WHEN regexp_full_match({{value}}, '{_TOKEN_IN_TEMPLATE}') THEN right({{value}}, 64) END",
 )
+
+
+def hash_column(field: str) -> str:
+    """The stored column holding a field's keyed hash (`member.ssn_hash`): matching compares it."""
+    return f"{field}_hash"
+
+
+def ssn_token_macro(key: bytes) -> str:
+    """A temporary DuckDB macro `ssn_token(cell)` (a session's, never stored in the database file): the
+    cell as staging keeps it. HMAC-SHA256 is composed from DuckDB's sha256 (RFC 2104)."""
+    block = key if len(key) <= 64 else hashlib.sha256(key).digest()
+    block = block.ljust(64, b"\0")
+    inner, outer = bytes(b ^ 0x36 for b in block).hex(), bytes(b ^ 0x5C for b in block).hex()
+    digits = _DIGITS.format(v="v")
+    mac = f"sha256(unhex('{outer}') || unhex(sha256(unhex('{inner}') || encode({digits}))))"
+    return (f"CREATE OR REPLACE TEMP MACRO {SSN_TOKEN_MACRO}(v) AS CASE "
+            f"WHEN nullif(trim(v), '') IS NULL THEN v "
+            f"WHEN regexp_full_match(trim(v), '[0-9 -]+') AND length({digits}) = 9 "
+            f"THEN {_LAST_FOUR.format(digits=digits)} || ' ' || {mac} "
+            f"ELSE {_LAST_FOUR.format(digits=digits)} END")
+
 
 # Dates parse in DuckDB (it knows Feb 30 is not a day); GX sees yyyymmdd as an integer, which keeps
 # its range checks vectorized (a datetime column makes them ~5x slower).

@@ -4,6 +4,7 @@ unknown columns kept in `extra`, and, for entities that match without a key, `ma
 from __future__ import annotations
 
 from patient_etl.duck import scalar
+from patient_etl.entities.kinds import hash_column
 from patient_etl.entities.spec import MAX_GROUP_INDEX, Entity, match_key_sql
 from patient_etl.workspace import StageDb, checked_value
 
@@ -20,6 +21,10 @@ def normalize(db: StageDb, entity: Entity) -> int:
             typed[f.name] = f"CAST({expr} AS {f.kind.sql_type})"
         else:
             typed[f.name] = f"CAST(NULL AS {f.kind.sql_type})"
+    for f in entity.fields:
+        if f.kind.hash_sql:
+            typed[hash_column(f.name)] = (f.kind.hash_sql.format(value=f"c.{checked_value(f.name)}")
+                                          if checked_value(f.name) in available else "CAST(NULL AS VARCHAR)")
     groups = {}
     for group in entity.groups:
         items = []

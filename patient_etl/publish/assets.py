@@ -23,16 +23,23 @@ def published_batch(context: dg.AssetExecutionContext, config: PublishConfig, et
     """The batch applied to the target in one transaction, with its results file and row log."""
     registry = etl.registry()
     batch = registry.require(context.partition_key)
+    batch = registry.set_status(batch, "Publishing", dry_run=config.dry_run)
     try:
         with phi_safe(etl.home_dir(), batch.batch_id, "publishing"):
-            summary = publish_batch(etl.home_dir(), batch, etl.target(), dry_run=config.dry_run)
+            summary = publish_batch(etl.home_dir(), batch, etl.target(), dry_run=config.dry_run,
+                                    run_id=context.run_id)
     except TargetSchemaError as exc:  # nothing was applied; retrying cannot help until someone fixes the target
-        batch = fail_batch(context.log, etl, batch, exc.reason, failure="run", scope="target", sources=sources)
+        batch = fail_batch(context.log, etl, batch, exc.reason, failure="run", scope="target", sources=sources,
+                           run_id=context.run_id)
         raise dg.Failure(description=f"Batch failed: {exc.reason}", allow_retries=False,
                          metadata={"failure": exc.code, "results_file": dg.MetadataValue.path(batch.results_file)},
                          ) from None
+    if summary.recovered_from:
+        context.log.warning(f"batch {batch.batch_id}: run {summary.recovered_from} had published it and ended before "
+                            "recording its outcome; that outcome is reported, nothing was applied again")
     batch = registry.set_status(batch, summary.status, counts=summary.counts, results_file=summary.results_file,
-                                reason=None, failure=None, dry_run=config.dry_run)
+                                reason=None, failure=None, dry_run=config.dry_run,
+                                run_id=summary.recovered_from or context.run_id)
     if not config.dry_run:
         etl.notify(context.log, batch)
     counts = " · ".join(f"{status} **{n}**" for status, n in summary.counts.items())
@@ -44,6 +51,7 @@ def published_batch(context: dg.AssetExecutionContext, config: PublishConfig, et
         "by_entity": dg.MetadataValue.md(by_entity_table(summary.by_entity)),
         "results_file": dg.MetadataValue.path(summary.results_file),
         "target": safe_url(etl.target()),
+        **({"recovered_from_run": summary.recovered_from} if summary.recovered_from else {}),
     })
 
 

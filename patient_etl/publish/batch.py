@@ -3,6 +3,7 @@ the results files."""
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
 
 from patient_etl import results
@@ -11,7 +12,7 @@ from patient_etl.entities import ENTITIES
 from patient_etl.entities.spec import Entity
 from patient_etl.publish.references import check_references
 from patient_etl.results import STATUSES, batch_row, results_base, utc_now
-from patient_etl.target import maybe_die_before_commit, open_target
+from patient_etl.target import maybe_die_after_commit, maybe_die_before_commit, open_target
 from patient_etl.workspace import CHECKS, PUBLISH, STAGED, StageDb, Workspace, entity_stage
 
 ROW_LOG = "row_log"  # publish's own table: one row per source row, as the results file and the target log it
@@ -24,6 +25,7 @@ class PublishSummary:
     results_file: str
     errors_files: list[str] = field(default_factory=list)
     by_entity: dict[str, dict[str, int]] = field(default_factory=dict)
+    recovered_from: str | None = None  # the run whose committed outcome this is (it ended before recording it)
 
 
 def publish_order(entities: list[Entity]) -> list[Entity]:
@@ -41,12 +43,21 @@ def publish_order(entities: list[Entity]) -> list[Entity]:
     return ordered
 
 
-def publish_batch(home: Home, batch: Batch, target_url: str, dry_run: bool = False) -> PublishSummary:
+def publish_batch(home: Home, batch: Batch, target_url: str, dry_run: bool = False,
+                  run_id: str | None = None) -> PublishSummary:
+    """Apply the batch and write its logs in one target transaction, then its results files.
+
+    When the target holds a run of this batch whose end the registry never recorded (the process died
+    right after the commit), nothing is applied again: that run's committed outcome is reported, and its
+    results files are written from the row log it committed.
+    """
     workspace = Workspace(home, batch.batch_id)
     present = workspace.staged_entities()
     entities = publish_order([ENTITIES[name] for name in present])
     reads = [STAGED, CHECKS, *(entity_stage(e.name) for e in entities)]
     target = open_target(target_url, work_dir=workspace.folder)
+    run_id = run_id or f"local-{uuid.uuid4().hex}"
+    recovered = None
     try:
         with workspace.open(PUBLISH, reads=reads) as db:
             duck = db.con
@@ -56,15 +67,13 @@ def publish_batch(home: Home, batch: Batch, target_url: str, dry_run: bool = Fal
                 target.serialize_publishes(conn)
                 # Raises TargetSchemaError (nothing applied) when the target differs in a way it never repairs.
                 target.migrate(conn, list(ENTITIES.values()))
-                check_references(conn, target, db, entities)
-                for entity in entities:  # what is applied: the normalized rows whose references hold
-                    duck.execute(f"""
-                        CREATE VIEW {entity.table} AS SELECT * FROM {db.normalized(entity.name)}
-                        WHERE rid NOT IN (SELECT rid FROM ref_messages WHERE entity = '{entity.name}'
-                                          AND severity = 'error')""")
-                for entity in entities:
-                    target.apply_entity(conn, duck, entity, batch.batch_id, now, write=not dry_run)
-                _build_row_log(db, batch.batch_id, entities)
+                committed = None if dry_run else target.latest_run(conn, batch.batch_id)
+                if committed and committed["status"] != "Failed" and committed["run_id"] not in batch.run_ids:
+                    recovered = committed
+                    target.fetch_run_rows(conn, duck, committed["run_id"], ROW_LOG)
+                    transaction.rollback()
+                else:
+                    _apply(conn, target, db, batch, entities, now, dry_run)
                 counts = dict(duck.execute(f"SELECT status, count(*) FROM {ROW_LOG} GROUP BY status").fetchall())
                 counts = {s: counts.get(s, 0) for s in STATUSES}
                 status = "Finished with Errors" if counts["Errored"] else "Finished"
@@ -72,11 +81,12 @@ def publish_batch(home: Home, batch: Batch, target_url: str, dry_run: bool = Fal
                 results.write_csv(duck, results.results_query(ROW_LOG, db.batch_files), tmp)
                 if dry_run:
                     transaction.rollback()
-                else:
+                elif not recovered:
                     target.write_logs(conn, duck, f"SELECT * FROM {ROW_LOG}",
-                                      batch_row(batch, status, counts, final.name))
+                                      batch_row(batch, status, counts, final.name, run_id=run_id))
                     maybe_die_before_commit()
                     transaction.commit()
+                    maybe_die_after_commit()
             results_file = results.link_into_place(tmp, final)
             errors_files = _write_errors_files(home, db, batch, dry_run)
             by_entity = {
@@ -84,9 +94,24 @@ def publish_batch(home: Home, batch: Batch, target_url: str, dry_run: bool = Fal
                                      [e]).fetchall())
                 for e in present
             }
-        return PublishSummary(status, counts, str(results_file), errors_files, by_entity)
+        return PublishSummary(status, counts, str(results_file), errors_files, by_entity,
+                              recovered["run_id"] if recovered else None)
     finally:
         target.dispose()
+
+
+def _apply(conn, target, db: StageDb, batch: Batch, entities: list[Entity], now: str, dry_run: bool) -> None:
+    """Every entity's rows whose references hold, upserted (or only compared, in a dry run); the row log."""
+    duck = db.con
+    check_references(conn, target, db, entities)
+    for entity in entities:  # what is applied: the normalized rows whose references hold
+        duck.execute(f"""
+            CREATE VIEW {entity.table} AS SELECT * FROM {db.normalized(entity.name)}
+            WHERE rid NOT IN (SELECT rid FROM ref_messages WHERE entity = '{entity.name}'
+                              AND severity = 'error')""")
+    for entity in entities:
+        target.apply_entity(conn, duck, entity, batch.batch_id, now, write=not dry_run)
+    _build_row_log(db, batch.batch_id, entities)
 
 
 def _build_row_log(db: StageDb, batch_id: str, entities: list[Entity]) -> None:

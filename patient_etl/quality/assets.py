@@ -25,6 +25,7 @@ def row_checks(context: dg.AssetExecutionContext, etl: PatientEtl) -> dg.Materia
         for name in workspace.staged_entities():
             relaxed = mapping.relaxed(name) if mapping else frozenset()
             summaries.append(run_row_checks(db, ENTITIES[name], relaxed))
+    etl.registry().set_status(batch, "Checked")
     top = []
     for s in summaries:
         top += [(count, f"{s.entity}: {rule}") for rule, count in s.failures_by_rule.items()]

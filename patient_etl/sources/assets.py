@@ -19,6 +19,9 @@ def landed_batch(context: dg.AssetExecutionContext, etl: PatientEtl, sources: So
     """The batch's raw files, copied into the archive with their sha256 and size."""
     home, registry = etl.home_dir(), etl.registry()
     batch = registry.require(context.partition_key)
+    if batch.purged_at:  # retention removed the landed copy: the one failure path ends the batch Failed
+        registry.set_status(batch, "Received")
+        raise dg.Failure(description=batch.purged_reason, metadata={"failure": "purged"}, allow_retries=False)
     with phi_safe(home, batch.batch_id, "landing"):
         try:
             landed = land_batch(home, registry, batch, sources.of_batch(batch))

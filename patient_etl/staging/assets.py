@@ -1,7 +1,10 @@
 """Stage: the batch loaded into its own DuckDB database, all text, with row numbers."""
 
+import shutil
+
 import dagster as dg
 
+from patient_etl.entities.kinds import ssn_token_macro
 from patient_etl.errors import phi_safe
 from patient_etl.failure import fail_batch
 from patient_etl.partitions import batches
@@ -22,16 +25,19 @@ def staged_rows(context: dg.AssetExecutionContext, etl: PatientEtl, sources: Sou
     workspace = etl.workspace(batch.batch_id)
     try:
         with phi_safe(home, batch.batch_id, "staging"), workspace.open(STAGED) as db:
+            db.con.execute(ssn_token_macro(etl.ssn_hash_key()))
             mapping = load_mapping(batch.mapping) if batch.mapping else None
             staged = stage_files(db, landed_paths(home, batch), mapping=mapping, limits=Limits.of(etl),
                                  delimiter=batch.delimiter)
     except (FileRejected, MappingError) as exc:
-        batch = fail_batch(context.log, etl, batch, exc.reason, sources=sources)
+        batch = fail_batch(context.log, etl, batch, exc.reason, sources=sources, run_id=context.run_id)
         raise dg.Failure(
             description=f"Batch failed at file level ({exc.code}): {exc.reason}",
             metadata={"failure": exc.code, "results_file": dg.MetadataValue.path(batch.results_file)},
             allow_retries=False,
         ) from None
+    finally:
+        shutil.rmtree(workspace.unpacked, ignore_errors=True)  # a zip's members in clear: staged, or failed
     registry.set_status(batch, "Staged")
     return dg.MaterializeResult(metadata={
         "mapping": batch.mapping or "none",

@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
-import pandas as pd
 
 from patient_etl.duck import scalar
 from patient_etl.entities import ENTITIES, FORMAT_ALIASES
+from patient_etl.entities.kinds import SSN_TOKEN_MACRO
 from patient_etl.entities.spec import Entity, map_header
 from patient_etl.errors import SafeError
 from patient_etl.resources import (
@@ -410,6 +410,18 @@ def detect_entity(name: str, headers: list[str]) -> Entity:
     return max(ENTITIES.values(), key=score)
 
 
+def _protected_cells(staged: StagedFile) -> str:
+    """`c0, .., cN`, a column that maps to an SSN field replaced by its token (entities/kinds.py)."""
+    entities = [ENTITIES[staged.entity]] if staged.entity in ENTITIES else list(ENTITIES.values())
+    kinds = {c.name: c.field.kind for e in entities for c in e.columns()}
+    cells = []
+    for j, (header, column) in enumerate(zip(staged.header.headers, staged.header.columns, strict=True)):
+        names = [column] if column and column != "*" else [map_header(e, header) for e in entities]
+        protect = any(n and kinds.get(n) is not None and kinds[n].hash_sql for n in names)
+        cells.append(f"{SSN_TOKEN_MACRO}(c{j}) AS c{j}" if protect else f"c{j}")
+    return ", ".join(cells) or "*"
+
+
 def _has_blank_line(path: Path) -> bool:
     """Whether the file has an empty line (a spreadsheet row that DuckDB would skip, shifting numbers)."""
     tail = b""
@@ -444,13 +456,15 @@ def _load_file(db: StageDb, staged: StagedFile, limits: Limits, key_position: in
         try:
             con.execute(
                 f"""
-                CREATE TABLE accepted_{i} AS
+                CREATE TEMP TABLE accepted_{i} AS
                 SELECT * FROM read_csv(?, header = true, columns = {columns}, delim = ?, quote = '"', escape = '"',
                                        strict_mode = true, encoding = 'utf-8', max_line_size = ?)
                 """,
                 [str(staged.path), staged.delimiter, limits.max_line_bytes],
             )
-            con.execute(f"CREATE TABLE {raw} AS SELECT rowid + 1 AS row_number, * FROM accepted_{i}")
+            # The file as read stays in memory (a TEMP table): `raw_<i>` keeps SSNs as tokens only.
+            con.execute(f"CREATE TABLE {raw} AS SELECT rowid + 1 AS row_number, {_protected_cells(staged)} "
+                        f"FROM accepted_{i}")
             con.execute(f"DROP TABLE accepted_{i}")
             _rejected_table(db, i)
             staged.rows = scalar(con, f"SELECT count(*) FROM {raw}")
@@ -521,11 +535,13 @@ def _load_carefully(db: StageDb, staged: StagedFile, limits: Limits, key_positio
     if accepted + rejected == 0:
         raise FileRejected("no_data", f"{name} has a header but no data rows")
     all_columns = "{'row_number': 'BIGINT', " + columns[1:]
-    con.execute(f"CREATE TABLE {db.raw(i)} AS SELECT * FROM read_csv(?, header = false, columns = {all_columns}, "
+    cells = _protected_cells(staged)  # `raw_<i>` keeps SSNs as tokens only
+    con.execute(f"CREATE TABLE {db.raw(i)} AS SELECT row_number, {cells} FROM read_csv(?, header = false, columns = {all_columns}, "
                 "delim = ',', quote = '\"', escape = '\"', strict_mode = true, parallel = false) LIMIT 0",
                 [str(clean)]) if accepted == 0 else con.execute(
-        f"CREATE TABLE {db.raw(i)} AS SELECT * FROM read_csv(?, header = false, columns = {all_columns}, "
-        "delim = ',', quote = '\"', escape = '\"', strict_mode = true, parallel = false, max_line_size = ?)",
+        f"CREATE TABLE {db.raw(i)} AS SELECT row_number, {cells} FROM read_csv(?, header = false, "
+        f"columns = {all_columns}, delim = ',', quote = '\"', escape = '\"', strict_mode = true, parallel = false, "
+        "max_line_size = ?)",
         [str(clean), max(limits.max_line_bytes * 2, 2_097_152)])
     table = _rejected_table(db, i)
     if rejected:
@@ -705,6 +721,8 @@ def _wide_cells(db: StageDb, f: StagedFile) -> str:
     cells unpivoted: DuckDB binds one expression per column in time that grows with the square of the
     columns (3,000 columns took over a minute), an UNPIVOT in time that grows with the cells."""
     con, i = db.con, f.file_index
+    import pandas as pd  # only when staging runs: loading the code location stays cheap
+
     headers = pd.DataFrame({
         "name": [f"c{j}" for j in range(len(f.header.headers))],
         "position": range(len(f.header.headers)),
@@ -743,6 +761,8 @@ def _record_files(db: StageDb, staged: list[StagedFile]) -> None:
     for s in staged:
         con.execute(f"INSERT INTO {db.batch_files} VALUES (?, ?, ?, ?, ?, ?)",
                     [s.file_index, s.name, s.entity, s.rows, s.rejected_rows, s.delimiter])
+    import pandas as pd
+
     header_rows = pd.DataFrame(  # one insert for thousands of columns (executemany is row by row)
         [(s.file_index, j, h, c) for s in staged
          for j, (h, c) in enumerate(zip(s.header.headers, s.header.columns, strict=True))],

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
 SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
 KILL_BEFORE_COMMIT = "PATIENT_ETL_FAULT_KILL_BEFORE_COMMIT"  # fault-injection point for the atomicity test
+KILL_AFTER_COMMIT = "PATIENT_ETL_FAULT_KILL_AFTER_COMMIT"  # ... and for the outcome that must survive the commit
 
 
 class TargetSchemaError(SafeError):
@@ -65,6 +66,12 @@ def open_target(url: str, work_dir: Path | None = None) -> Target:
 def maybe_die_before_commit() -> None:
     """Fault injection: the process dies with the publish transaction open (tests only)."""
     if os.environ.get(KILL_BEFORE_COMMIT) == "1":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def maybe_die_after_commit() -> None:
+    """Fault injection: the process dies right after the publish committed, before anything else (tests only)."""
+    if os.environ.get(KILL_AFTER_COMMIT) == "1":
         os.kill(os.getpid(), signal.SIGKILL)
 
 

@@ -26,6 +26,7 @@ from patient_etl.entities.spec import Entity
 from patient_etl.target import SQL_DIR, TargetSchemaError, utc_now
 from patient_etl.target.schema import (
     AUDIT_COLUMNS,
+    IMPORT_BATCH,
     MIGRATION_TABLE,
     SCHEMA_MIGRATION,
     Column,
@@ -208,7 +209,7 @@ class Target:
         """A private file in the batch's folder for one bulk move, removed however the move ends."""
         if self.work_dir is None:
             raise ValueError("bulk moves need the batch's folder: open_target(url, work_dir=folder)")
-        fd, name = tempfile.mkstemp(prefix=".target-", suffix=".csv", dir=self.work_dir)
+        fd, name = tempfile.mkstemp(prefix=f".target-{os.getpid()}-", suffix=".csv", dir=self.work_dir)
         os.close(fd)
         path = Path(name)
         try:
@@ -299,15 +300,19 @@ class Target:
         return EntityOutcome(entity.name, counts.get("Created", 0), counts.get("Updated", 0),
                              counts.get("Unchanged", 0), counts.get("Conflict", 0))
 
-    # -- the logs --------------------------------------------------------------------------------------
+    # -- the logs ---------------------------------------------------------------------------------------
 
     def write_logs(self, conn: sa.Connection, duck: duckdb.DuckDBPyConnection, row_log_query: str,
                    batch_row: dict) -> None:
-        """The batch's row log (replacing a previous run's) and its batch log row."""
-        conn.execute(sa.text("DELETE FROM import_row WHERE batch_id = :b"), {"b": batch_row["batch_id"]})
-        self.load(conn, duck, row_log_query, "import_row",
-                  ["batch_id", "file_index", "row_number", "entity", "external_id", "status", "messages",
-                   "changed_fields"])
+        """In the publish transaction: the run's row log and outcome into the history (`import_run_row`,
+        `import_run`), the batch's latest row log (`import_row`, replacing a previous run's) and its row."""
+        run_id, batch_id = batch_row["run_id"], batch_row["batch_id"]
+        self.load(conn, duck, f"SELECT '{run_id}' AS run_id, * FROM ({row_log_query})", "import_run_row",
+                  ["run_id", *ROW_LOG_COLUMNS])
+        conn.execute(sa.text("DELETE FROM import_row WHERE batch_id = :b"), {"b": batch_id})
+        columns = ", ".join(ROW_LOG_COLUMNS)
+        conn.execute(sa.text(f"INSERT INTO import_row ({columns}, run_id) SELECT {columns}, run_id "
+                             "FROM import_run_row WHERE run_id = :r"), {"r": run_id})
         self.write_batch_row(conn, batch_row)
 
     def record_batch(self, batch_row: dict, entities: list[Entity]) -> None:
@@ -323,4 +328,42 @@ class Target:
             self.write_batch_row(conn, batch_row)
 
     def write_batch_row(self, conn: sa.Connection, batch_row: dict) -> None:
-        conn.execute(sa.text((SQL_DIR / "upsert_batch_log.sql").read_text()), batch_row)
+        """The batch's row and, for a run that ended, its row in the history (`import_run`)."""
+        row = {"run_id": None, "status_at": batch_row.get("finished_at"), **batch_row}
+        conn.execute(sa.text((SQL_DIR / "upsert_batch_log.sql").read_text()), row)
+        if row["run_id"] and row.get("finished_at"):
+            conn.execute(sa.text((SQL_DIR / "upsert_run_log.sql").read_text()), row)
+
+    def latest_run(self, conn: sa.Connection, batch_id: str) -> dict | None:
+        """The batch's last run recorded in the history (committed with its data), or None."""
+        found = conn.execute(sa.text(
+            "SELECT run_id, status, reason, created, updated, unchanged, errored, results_file, finished_at "
+            "FROM import_run WHERE batch_id = :b ORDER BY finished_at DESC, run_id DESC LIMIT 1"),
+            {"b": batch_id}).mappings().first()
+        return dict(found) if found else None
+
+    def fetch_run_rows(self, conn: sa.Connection, duck: duckdb.DuckDBPyConnection, run_id: str, into: str) -> None:
+        """A run's row log from the history into a DuckDB table (the shape publish writes)."""
+        self.fetch(conn, duck, f"SELECT {', '.join(ROW_LOG_COLUMNS)} FROM import_run_row WHERE run_id = "
+                               f"'{run_id.replace(chr(39), '')}'", into, ROW_LOG_TYPES)
+
+    def record_status(self, batch_row: dict, entities: list[Entity]) -> None:
+        """The batch's row at a stage of its lifecycle (Received, Landed, Staged, Checked, Publishing): its
+        status, run and time; its counts stay its last finished run's. A short transaction that does not
+        wait for other batches' publishes (it takes the publish lock only to create the log tables)."""
+        with self.begin() as conn:
+            if IMPORT_BATCH.name not in self._migrated:
+                found = self.catalog(conn).get(IMPORT_BATCH.name)
+                if found is None or not {c.name for c in IMPORT_BATCH.columns} <= set(found.columns):
+                    self.serialize_publishes(conn)
+                    try:
+                        self.migrate(conn, entities)
+                    except TargetSchemaError:
+                        self.migrate(conn, [])
+                self._migrated.add(IMPORT_BATCH.name)
+            conn.execute(sa.text((SQL_DIR / "upsert_batch_status.sql").read_text()), batch_row)
+
+
+ROW_LOG_TYPES = {"batch_id": "VARCHAR", "file_index": "INTEGER", "row_number": "BIGINT", "entity": "VARCHAR",
+                 "external_id": "VARCHAR", "status": "VARCHAR", "messages": "VARCHAR", "changed_fields": "VARCHAR"}
+ROW_LOG_COLUMNS = list(ROW_LOG_TYPES)  # a row log's columns, in the order publish builds them

@@ -10,7 +10,14 @@ from __future__ import annotations
 from patient_etl.entities import ENTITIES
 from patient_etl.target import SQL_DIR
 from patient_etl.target.postgres import PostgresTarget
-from patient_etl.target.schema import IMPORT_BATCH, IMPORT_ROW, SCHEMA_MIGRATION, entity_table
+from patient_etl.target.schema import (
+    IMPORT_BATCH,
+    IMPORT_ROW,
+    IMPORT_RUN,
+    IMPORT_RUN_ROW,
+    SCHEMA_MIGRATION,
+    entity_table,
+)
 
 HEADER = "-- Generated from the entity spec by `python -m patient_etl.target.ddl`, not by hand.\n"
 CREATE = "-- PostgreSQL; SQLite runs the same with its own types. Applied where missing by the schema migration.\n"
@@ -20,7 +27,7 @@ UPSERT = "-- Publish runs it per batch: incoming_/outcome_ are its temporary tab
 def generated_files() -> dict[str, str]:
     """sql/ file name -> its text."""
     ddl = PostgresTarget.create_table_sql
-    files = {"create_import_log.sql": ddl(IMPORT_BATCH) + "\n" + ddl(IMPORT_ROW),
+    files = {"create_import_log.sql": "\n".join(ddl(t) for t in (IMPORT_BATCH, IMPORT_ROW, IMPORT_RUN, IMPORT_RUN_ROW)),
              "create_schema_migration.sql": ddl(SCHEMA_MIGRATION)}
     for entity in ENTITIES.values():
         files[f"create_{entity.name}.sql"] = ddl(entity_table(entity))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
+from patient_etl.entities.kinds import hash_column
 from patient_etl.entities.spec import Entity
 
 AUDIT_COLUMNS = ("created_batch_id", "updated_batch_id", "created_at", "updated_at")
@@ -45,6 +46,7 @@ class Table:
 def stored_columns(entity: Entity) -> list[tuple[str, str]]:
     """(name, logical type) of every stored, comparable column of an entity, key first."""
     cols = [(f.name, f.kind.logical_type) for f in entity.fields]
+    cols += [(hash_column(f.name), "text") for f in entity.fields if f.kind.hash_sql]
     cols += [(g.stored_as, "text") for g in entity.groups]
     cols.append(("extra", "text"))
     if entity.match_on:
@@ -64,19 +66,43 @@ def _counter(name: str) -> Column:
     return Column(name, "bigint", not_null=True, default="0")
 
 
-IMPORT_BATCH = Table("import_batch", (
-    Column("batch_id", "text"), Column("source", "text", not_null=True), Column("file_names", "text", not_null=True),
-    Column("sha256", "text"), Column("status", "text", not_null=True), Column("reason", "text"),
+_OUTCOME = (
+    Column("status", "text", not_null=True), Column("reason", "text"),
     *(_counter(c) for c in ("rows_total", "created", "updated", "unchanged", "errored")),
-    Column("results_file", "text"), Column("registered_at", "timestamp"), Column("finished_at", "timestamp"),
-), ("batch_id",))
-
-IMPORT_ROW = Table("import_row", (
-    Column("batch_id", "text", not_null=True), Column("file_index", "integer", not_null=True),
-    Column("row_number", "bigint", not_null=True), Column("entity", "text", not_null=True),
+    Column("results_file", "text"),
+)
+_ROW = (
     Column("external_id", "text"), Column("status", "text", not_null=True), Column("messages", "text"),
     Column("changed_fields", "text"),
+)
+
+# The batch as it stands: one row per batch, written when it is received and at each stage; its counts
+# are its latest finished run's. `run_id` is the Dagster run that last changed it.
+IMPORT_BATCH = Table("import_batch", (
+    Column("batch_id", "text"), Column("source", "text", not_null=True), Column("file_names", "text", not_null=True),
+    Column("sha256", "text"), *_OUTCOME, Column("registered_at", "timestamp"), Column("finished_at", "timestamp"),
+    Column("run_id", "text"), Column("status_at", "timestamp"),
+), ("batch_id",))
+
+# The latest run's row log of each batch (what `import_row` always held); history is in import_run_row.
+IMPORT_ROW = Table("import_row", (
+    Column("batch_id", "text", not_null=True), Column("file_index", "integer", not_null=True),
+    Column("row_number", "bigint", not_null=True), Column("entity", "text", not_null=True), *_ROW,
+    Column("run_id", "text"),
 ), ("batch_id", "entity", "file_index", "row_number"))
+
+# History, never overwritten: one row per processing run that ended (published, dry runs excepted, or
+# failed), written in the same transaction as the data it applied.
+IMPORT_RUN = Table("import_run", (
+    Column("run_id", "text"), Column("batch_id", "text", not_null=True), *_OUTCOME,
+    Column("finished_at", "timestamp", not_null=True),
+), ("run_id",), (Index("import_run_batch", ("batch_id", "finished_at")),))
+
+IMPORT_RUN_ROW = Table("import_run_row", (
+    Column("run_id", "text", not_null=True), Column("batch_id", "text", not_null=True),
+    Column("file_index", "integer", not_null=True), Column("row_number", "bigint", not_null=True),
+    Column("entity", "text", not_null=True), *_ROW,
+), ("run_id", "entity", "file_index", "row_number"))
 
 SCHEMA_MIGRATION = Table(MIGRATION_TABLE, (
     Column("id", "bigint"), Column("applied_at", "timestamp", not_null=True),
@@ -84,7 +110,7 @@ SCHEMA_MIGRATION = Table(MIGRATION_TABLE, (
     Column("spec_version", "text", not_null=True),
 ), ("id",))
 
-LOG_TABLES = (IMPORT_BATCH, IMPORT_ROW)
+LOG_TABLES = (IMPORT_BATCH, IMPORT_ROW, IMPORT_RUN, IMPORT_RUN_ROW)
 
 
 def schema_tables(entities: list[Entity]) -> list[Table]:

@@ -1,0 +1,58 @@
+"""A batch's outcome survives a crash, and the target keeps every run's outcome and row log.
+
+The outcome (counts and per-row statuses) is committed in the same transaction as the data. A process
+that dies right after the commit used to leave a batch that, reprocessed, reported "all Unchanged" and
+overwrote its true counts: the partner never learned which rows were created. Now the reprocess reports
+what the commit did, and each processing run keeps its own row in `import_run` and rows in `import_run_row`.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from patient_etl.cli import run_batch
+from patient_etl.target import KILL_AFTER_COMMIT
+from patient_etl_tests.conftest import query, read_results, write_csv
+
+HEADER = "Patient ID,First Name,Last Name,DOB,Sex"
+ROWS = ["P1,Ann,Lee,1980-01-01,F", "P2,Bob,Ray,1970-05-05,M", "P3,Cy,Moe,1990-02-02,U", "P4,Di,Fox,1985-12-31,X"]
+
+
+def test_a_crash_right_after_the_commit_reports_what_the_commit_did(tmp_path, pg_etl, home):
+    path = write_csv(tmp_path / "roster.csv", HEADER, *ROWS)
+    env = {**os.environ, "PATIENT_ETL_HOME": str(home), "PATIENT_ETL_TARGET_URL": pg_etl.target_url,
+           KILL_AFTER_COMMIT: "1"}
+    env.pop("DAGSTER_HOME", None)
+    killed = subprocess.run([sys.executable, "-m", "patient_etl.cli", "import", str(path), "--json"], env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    url = pg_etl.target_url
+    (batch_id,) = [p.stem for p in (home / "batches").glob("*.json")]
+    assert query(url, "SELECT count(*) FROM member") == [(3,)]
+    assert query(url, "SELECT status, created, errored FROM import_run") == [("Finished with Errors", 3, 1)]
+    assert pg_etl.registry().require(batch_id).status == "Publishing"  # the registry never heard of the commit
+    assert [p.name for p in (home / "results").iterdir() if not p.name.startswith(".")] == []
+
+    recovered = run_batch(batch_id, pg_etl)
+    assert recovered["status"] == "Finished with Errors"
+    assert recovered["counts"] == {"Created": 3, "Updated": 0, "Unchanged": 0, "Errored": 1}
+    assert [(r["external_id"], r["status"]) for r in read_results(recovered)] == [
+        ("P1", "Created"), ("P2", "Created"), ("P3", "Created"), ("P4", "Errored")]
+    # Nothing was applied twice, and the history still holds the one run that published.
+    assert query(url, "SELECT count(*) FROM import_run") == [(1,)]
+    assert [p.name for p in (home / "results").iterdir() if p.name.endswith(".writing")] == []  # the dead one's
+
+    again = run_batch(batch_id, pg_etl)  # a deliberate reprocess: now Unchanged, in a run of its own
+    assert again["counts"] == {"Created": 0, "Updated": 0, "Unchanged": 3, "Errored": 1}
+    runs = query(url, "SELECT run_id, created, unchanged FROM import_run ORDER BY finished_at")
+    assert [(c, u) for _, c, u in runs] == [(3, 0), (0, 3)]
+    assert runs[1][0] == again["run_id"]
+    by_run = query(url, "SELECT run_id, count(*), sum(CASE WHEN status = 'Created' THEN 1 ELSE 0 END) "
+                        "FROM import_run_row GROUP BY run_id ORDER BY 3 DESC")
+    assert [(n, created) for _, n, created in by_run] == [(4, 3), (4, 0)]
+    # The batch's latest row and row log are the last run's.
+    assert query(url, "SELECT status, unchanged, run_id FROM import_batch") == [
+        ("Finished with Errors", 3, again["run_id"])]
+    assert query(url, "SELECT DISTINCT run_id FROM import_row") == [(again["run_id"],)]
