@@ -65,7 +65,6 @@ class Kind:
     checks: Callable[[dict], list[Check]]
     normalize_sql: str = "{value}"  # from the checked value to the stored value
     number_sql: str | None = None  # a numeric view of the value, for range checks
-    echo_sql: str | None = None  # how a raw cell {v} is echoed into files (None: as sent)
 
 
 def _no_checks(_: dict) -> list[Check]:
@@ -123,14 +122,13 @@ EMAIL = Kind(
     lambda _: [Check("match_regex", "value", "is not a valid e-mail address", args={"regex": EMAIL_SHAPE})],
 )
 
-_LAST_FOUR = "'***-**-' || right({digits}, 4)"  # the one SSN mask: stored and echoed alike
+_LAST_FOUR = "'***-**-' || right({digits}, 4)"  # the one SSN mask
 SSN = Kind(
     "ssn",
     "(CASE WHEN regexp_full_match({v}, '[0-9 -]+') THEN regexp_replace({v}, '[^0-9]', '', 'g') ELSE {v} END)",
-    "VARCHAR", "text", "9 digits; stored and echoed masked to the last four",
+    "VARCHAR", "text", "9 digits; stored masked to the last four",
     lambda _: [Check("match_regex", "value", "must have 9 digits", args={"regex": r"^\d{9}$"})],
     normalize_sql=_LAST_FOUR.format(digits="{value}"),
-    echo_sql=_LAST_FOUR.format(digits="regexp_replace({v}, '[^0-9]', '', 'g')"),
 )
 
 # Dates parse in DuckDB (it knows Feb 30 is not a day); GX sees yyyymmdd as an integer, which keeps

@@ -38,6 +38,10 @@ class SqliteTarget(Target):
     TYPES = {"text": "TEXT", "date": "DATE", "decimal(14,2)": "NUMERIC(14,2)", "timestamp": "TIMESTAMP",
              "bigint": "BIGINT", "integer": "INTEGER"}
 
+    @classmethod
+    def list_agg(cls, expr: str) -> str:
+        return f"group_concat({expr}, ', ')"  # SQLite < 3.44 has no string_agg
+
     def __init__(self, url: str, work_dir: Path | None = None):
         super().__init__(url, work_dir)
         # pysqlite opens transactions lazily, after our reads: take the write lock up front instead.
