@@ -22,7 +22,7 @@ from pathlib import Path
 import duckdb
 import sqlalchemy as sa
 
-from patient_etl.entities.spec import Entity
+from patient_etl.entities.spec import MAX_GROUP_INDEX, Entity
 from patient_etl.target import SQL_DIR, TargetSchemaError, utc_now
 from patient_etl.target.schema import (
     AUDIT_COLUMNS,
@@ -240,10 +240,27 @@ class Target:
         """`expr` of a group's rows joined with `, `, in the order the rows come."""
         return f"string_agg({expr}, ', ')"
 
+    # Group lists are JSON text: stored compact, incoming positional (JSON null where a row has no value).
+    @classmethod
+    def list_item(cls, array: str, n: int) -> str:
+        """The JSON list `array`'s item `n` (0-based), comparable; NULL when absent or JSON null."""
+        return f"nullif(({array})::jsonb -> {n}, 'null'::jsonb)"
+
+    @classmethod
+    def list_merge(cls, new: str, old: str) -> str:
+        """`old` with each non-null item of `new` in its place, compacted; NULL when both are empty."""
+        # json, not jsonb: items keep their text (an address's keys in the spec's order).
+        item = "CASE WHEN json_typeof(i.v) <> 'null' THEN i.v ELSE o.v END"
+        return (f"(SELECT json_agg({item} ORDER BY coalesce(i.n, o.n))::text "
+                f"FROM json_array_elements(coalesce({new}, '[]')::json) WITH ORDINALITY AS i(v, n) "
+                f"FULL JOIN json_array_elements(coalesce({old}, '[]')::json) WITH ORDINALITY AS o(v, n) "
+                f"ON o.n = i.n WHERE {item} IS NOT NULL AND json_typeof({item}) <> 'null')")
+
     @classmethod
     def upsert_sql(cls, entity: Entity) -> str:
         """Insert the batch's Created and Updated rows of `incoming_<entity>`; an update never erases a
-        value with an empty cell. Parameters `:batch_id` and `:now`."""
+        value with an empty cell (group lists arrive already merged with the stored ones by index, see
+        `apply_entity`). Parameters `:batch_id` and `:now`."""
         cols = [c for c, _ in stored_columns(entity)]
         table, key = entity.table, entity.key
         assignments = [f"{c} = coalesce(excluded.{c}, {table}.{c})" for c in cols if c != key]
@@ -289,9 +306,13 @@ class Target:
                     (SELECT c.only_key FROM {candidates} c WHERE c.rid = {incoming}.rid),
                     'auto-' || substr(match_key, 1, 20))
                 WHERE {key} IS NULL AND rid NOT IN (SELECT rid FROM {candidates} WHERE n > 1)""")
-        compared = [c for c in cols if c not in (key, "match_key")]
+        lists = [g.stored_as for g in entity.groups]
+        compared = [c for c in cols if c not in (key, "match_key", *lists)]
         changed = " || ".join(
-            f"CASE WHEN s.{c} IS NOT NULL AND s.{c} IS DISTINCT FROM t.{c} THEN '{c},' ELSE '' END" for c in compared
+            [f"CASE WHEN s.{c} IS NOT NULL AND s.{c} IS DISTINCT FROM t.{c} THEN '{c},' ELSE '' END" for c in compared]
+            + [f"CASE WHEN {self.list_item(f's.{c}', n)} IS NOT NULL AND {self.list_item(f's.{c}', n)} "
+               f"IS DISTINCT FROM {self.list_item(f't.{c}', n)} THEN '{c}[{n + 1}],' ELSE '' END"
+               for c in lists for n in range(MAX_GROUP_INDEX)]
         )
         conn.exec_driver_sql(f"DROP TABLE IF EXISTS {outcome}")
         conn.exec_driver_sql(f"""
@@ -321,6 +342,11 @@ class Target:
                 UPDATE {outcome} SET message = 'warning: {key}: the name, birth date and sex also match '
                     || 'the stored record with {key} ' || ({others}) || '; check this is the same patient'
                 WHERE status IN ('Updated', 'Unchanged') AND ({others}) IS NOT NULL""")
+        if lists:
+            # Lists merge by index: the row's Nth item replaces the stored Nth, an empty slot keeps it.
+            stored_list = f"(SELECT t.{{c}} FROM {entity.table} t WHERE t.{key} = {incoming}.{key})"
+            conn.exec_driver_sql(f"UPDATE {incoming} SET " + ", ".join(
+                f"{c} = {self.list_merge(f'{incoming}.{c}', stored_list.format(c=c))}" for c in lists))
         if write:
             conn.execute(sa.text(self.upsert_sql(entity)), {"batch_id": batch_id, "now": now})
         self.fetch(conn, duck, f"SELECT rid, key, status, changed_fields, first_rid, message FROM {outcome}",
