@@ -256,6 +256,12 @@ def run_ui(home: Home, port: int) -> int:
     return subprocess.call(command, env=env)
 
 
+GROUP_INDEX_RULE = ("a group index is a -N or _N suffix (Email-2, Address Line 1-2); a number after a space "
+                    "counts as the index only after the field's own name (Email 2, Phone 2): after Address, "
+                    "Address Line or Street it is the address line (Address 1, Address 2 = lines 1 and 2 of "
+                    "the first address)")
+
+
 def write_template(entity_name: str, out: Path) -> tuple[Path, Path]:
     entity = entity_named(entity_name)
     out.mkdir(parents=True, exist_ok=True)
@@ -270,8 +276,9 @@ def write_template(entity_name: str, out: Path) -> tuple[Path, Path]:
         for c in columns:
             notes_text = c.field.describe
             if c.group is not None:
-                notes_text = (f"{c.group.name} group: add -1 .. -10 for more ({c.label}-2); "
-                              + (f"a group with any value needs {', '.join(c.group.complete)}"
+                notes_text = (f"{c.group.name} group: add -1 .. -10 for more ({c.label}-2 or {c.label}_2 is the "
+                              "second); " + GROUP_INDEX_RULE
+                              + (f"; a group with any value needs {', '.join(c.group.complete)}"
                                  if c.group.complete else ""))
             elif c.name == entity.key:
                 notes_text = notes_text or "unique key: decides create vs update"

@@ -4,7 +4,11 @@ stage still gets its results file).
 
 Names are dated and never reused: a file is written under a temporary name and hard-linked into
 place, which fails rather than overwrite. Cells a spreadsheet would run as a formula get a leading
-apostrophe; a field whose kind masks it (SSN) is echoed masked.
+apostrophe in CSV and are written as text cells in the xlsx workbook.
+
+The errors file echoes the partner's own cells unmasked (SSN included): it goes back only to the
+partner who sent them, like the results file, and a masked echo would make a valid SSN unfixable
+(re-uploading `***-**-6703` fails) and an invalid one look valid (`12345` as `***-**-2345`).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import duckdb
 
 from patient_etl.batches import Batch
 from patient_etl.entities import ENTITIES
+from patient_etl.entities.spec import is_messages_column
 
 RESULT_COLUMNS = ("row_number", "entity", "external_id", "status", "messages")
 STATUSES = ("Created", "Updated", "Unchanged", "Errored")
@@ -127,19 +132,103 @@ def results_query(row_log: str, files: str) -> str:
     """
 
 
-def errors_query(raw: str, entity: str, headers: list[tuple[int, str, str | None]], row_log: str,
-                 file_index: int) -> str:
-    """The errored rows of one file, in its own columns plus `errors`, ready to fix and re-upload."""
+def errors_query(raw: str, headers: list[tuple[int, str, str | None]], row_log: str, file_index: int,
+                 neutralized: bool = True, entity: str | None = None) -> str:
+    """The errored rows of one file: its own cells as sent (`c0`..), then `errors`, then `_n` (the
+    row number, to order by). A messages column of a re-uploaded errors file is replaced, not echoed.
+    A field whose kind says how it is echoed (SSN: kept only as a token, echoed masked) is echoed so;
+    re-uploading that mask leaves the stored value as it is."""
+    def cell(expr: str) -> str:
+        return neutralize(expr) if neutralized else expr
+
     kinds = {c.name: c.field.kind for c in ENTITIES[entity].columns()} if entity in ENTITIES else {}
-    cells = []
-    for position, header, column in headers:
+
+    def value(position: int, column: str | None) -> str:
         kind = kinds.get(column)
-        value = kind.echo_sql.format(v=f"c{position}") if kind is not None and kind.echo_sql else f"c{position}"
-        quoted = '"' + neutral_header(header).replace('"', '""') + '"'
-        cells.append(f"{neutralize(value)} AS {quoted}")
+        return kind.echo_sql.format(v=f"x.c{position}") if kind is not None and kind.echo_sql else f"x.c{position}"
+
+    cells = [f"{cell(value(position, column))} AS c{j}"
+             for j, (position, _, column) in enumerate(echoed_headers(headers))]
     return f"""
-        SELECT {', '.join(cells)}, {neutralize('r.messages')} AS errors
+        SELECT {''.join(c + ', ' for c in cells)}{cell('r.messages')} AS errors, x.row_number AS _n
         FROM {raw} x JOIN {row_log} r ON r.file_index = {file_index} AND r.row_number = x.row_number
         WHERE r.status = 'Errored'
-        ORDER BY x.row_number
     """
+
+
+def write_errors_csv(duck: duckdb.DuckDBPyConnection, query: str, headers: list[tuple[int, str, str | None]],
+                     tmp: Path) -> None:
+    """The errors file: the partner's header line as sent (blank and repeated names included, which a
+    column name cannot be), then the rows."""
+    titles = [neutralize(sql_literal(h)) for _, h, _ in echoed_headers(headers)] + ["'errors'"]
+    names = [f"c{j}" for j in range(len(titles) - 1)] + ["errors"]
+    head = ", ".join(f"{t} AS {n}" for t, n in zip(titles, names, strict=True))
+    duck.execute(f"""COPY (SELECT {', '.join(names)} FROM (
+                              SELECT {head}, -1 AS _n UNION ALL SELECT * FROM ({query})) ORDER BY _n)
+                     TO '{tmp}' (FORMAT csv, HEADER false)""")
+
+
+def echoed_headers(headers: list[tuple[int, str, str | None]]) -> list[tuple[int, str, str | None]]:
+    return [h for h in headers if not is_messages_column(h[1])]
+
+
+_MESSAGE = re.compile(r"(?:^|; )(error|warning): ([^:;]+): ")
+
+
+def error_labels(messages: str | None) -> dict[str, list[str]]:
+    """`field label -> its error messages` of a row's joined messages (`error: zip: ...; warning: ...`)."""
+    found: dict[str, list[str]] = {}
+    if not messages:
+        return found
+    marks = list(_MESSAGE.finditer(messages))
+    for n, mark in enumerate(marks):
+        end = marks[n + 1].start() if n + 1 < len(marks) else len(messages)
+        if mark.group(1) == "error":
+            found.setdefault(mark.group(2), []).append(messages[mark.end():end])
+    return found
+
+
+def write_errors_xlsx(duck: duckdb.DuckDBPyConnection, query: str, entity: str,
+                      headers: list[tuple[int, str, str | None]], tmp: Path) -> None:
+    """The errors file as a workbook: the partner's cells as text (no formula ever runs), each cell
+    with an error filled and commented, and a second sheet listing every error by row and column."""
+    import xlsxwriter  # heavy-ish, and only needed when a file has errored rows
+
+    labels = {c.name: c.label for c in ENTITIES[entity].columns()} if entity in ENTITIES else {}
+    echoed = echoed_headers(headers)
+    workbook = xlsxwriter.Workbook(str(tmp), {"constant_memory": True, "strings_to_formulas": False,
+                                              "strings_to_numbers": False, "strings_to_urls": False})
+    try:
+        bold = workbook.add_format({"bold": True})
+        bad = workbook.add_format({"bg_color": "#FFC7CE", "font_color": "#9C0006"})
+        rows, listing = workbook.add_worksheet("rows"), workbook.add_worksheet("errors")
+        for j, (_, header, _) in enumerate(echoed):
+            if header:  # a blank header stays a blank cell
+                rows.write_string(0, j, header, bold)
+        rows.write_string(0, len(echoed), "errors", bold)
+        for j, title in enumerate(("row", "column", "error")):
+            listing.write_string(0, j, title, bold)
+        rows.freeze_panes(1, 0)
+        result = duck.execute(f"SELECT * EXCLUDE (_n) FROM ({query}) ORDER BY _n")
+        line, listed = 0, 0
+        while chunk := result.fetchmany(2048):
+            for record in chunk:
+                line += 1
+                messages = record[-1]
+                by_label = error_labels(messages)
+                for j, (_, header, column) in enumerate(echoed):
+                    value = record[j]
+                    problems = by_label.get(labels.get(column or "", ""), [])
+                    if problems:
+                        rows.write_string(line, j, value or "", bad)
+                        rows.write_comment(line, j, "; ".join(problems))
+                        for problem in problems:
+                            listed += 1
+                            listing.write_number(listed, 0, line + 1)
+                            listing.write_string(listed, 1, header)
+                            listing.write_string(listed, 2, problem)
+                    elif value is not None:
+                        rows.write_string(line, j, value)
+                rows.write_string(line, len(echoed), messages or "")
+    finally:
+        workbook.close()

@@ -35,7 +35,7 @@ def test_created_then_unchanged_then_updated(tmp_path, run_import, pg_etl):
     assert third["counts"] == {"Created": 1, "Updated": 2, "Unchanged": 1, "Errored": 0}
     by_row = {r["row_number"]: r for r in read_results(third)}
     assert by_row["1"]["changed_fields"] == "last_name"
-    assert by_row["2"]["changed_fields"] == "phones"
+    assert by_row["2"]["changed_fields"] == "phones[1]"
     url = pg_etl.target_url
     assert query(url, "SELECT last_name FROM member WHERE member_id = 'P1'") == [("Lee-Smith",)]
     # An empty cell never erases what the target holds.
@@ -45,7 +45,7 @@ def test_created_then_unchanged_then_updated(tmp_path, run_import, pg_etl):
     assert batches == [("Finished", 4, 0, 0, 0), ("Finished", 0, 0, 4, 0), ("Finished", 1, 2, 1, 0)]
     rows = query(url, "SELECT row_number, status, changed_fields FROM import_row WHERE batch_id = :b ORDER BY 1",
                  b=third["batch_id"])
-    assert rows == [(1, "Updated", "last_name"), (2, "Updated", "phones"), (3, "Unchanged", None),
+    assert rows == [(1, "Updated", "last_name"), (2, "Updated", "phones[1]"), (3, "Unchanged", None),
                     (4, "Created", None)]
     created_batch, updated_batch = query(url, "SELECT created_batch_id, updated_batch_id FROM member "
                                               "WHERE member_id = 'P1'")[0]

@@ -132,6 +132,9 @@ _DIGITS = "regexp_replace({v}, '[^0-9]', '', 'g')"
 # stays in the landed copy (archive/) and nowhere else.
 SSN_TOKEN = r"\*\*\*-\*\*-[0-9]{4} [0-9a-f]{64}"
 SSN_TOKEN_MACRO = "ssn_token"
+# An invalid SSN is kept (and echoed in the errors file) as the mask of its digits marked invalid: it
+# keeps failing its check until the partner retypes it, and never looks like a valid masked SSN.
+INVALID_MARK = " (invalid: retype it)"
 _TOKEN_IN_TEMPLATE = SSN_TOKEN.replace("{", "{{").replace("}", "}}")
 SSN = Kind(
     "ssn",
@@ -139,8 +142,7 @@ SSN = Kind(
     "VARCHAR", "text", "9 digits; stored and echoed masked to the last four",
     lambda _: [Check("match_regex", "value", "must have 9 digits", args={"regex": "^" + SSN_TOKEN + "$"})],
     normalize_sql="left({value}, 11)",
-    echo_sql=(f"CASE WHEN regexp_full_match({{v}}, '{_TOKEN_IN_TEMPLATE}') THEN left({{v}}, 11) "
-              f"ELSE {_LAST_FOUR.format(digits=_DIGITS)} END"),
+    echo_sql=f"CASE WHEN regexp_full_match({{v}}, '{_TOKEN_IN_TEMPLATE}') THEN left({{v}}, 11) ELSE {{v}} END",
     hash_sql=f"CASE WHEN regexp_full_match({{value}}, '{_TOKEN_IN_TEMPLATE}') THEN right({{value}}, 64) END",
 )
 
@@ -160,9 +162,12 @@ def ssn_token_macro(key: bytes) -> str:
     mac = f"sha256(unhex('{outer}') || unhex(sha256(unhex('{inner}') || encode({digits}))))"
     return (f"CREATE OR REPLACE TEMP MACRO {SSN_TOKEN_MACRO}(v) AS CASE "
             f"WHEN nullif(trim(v), '') IS NULL THEN v "
+            # A mask as this product echoes it (errors file) is "not provided": a partner who fixes
+            # other cells of a row and re-uploads never has to retype the SSN, and never erases it.
+            f"WHEN regexp_full_match(trim(v), '\\*\\*\\*-\\*\\*-[0-9]{{4}}') THEN NULL "
             f"WHEN regexp_full_match(trim(v), '[0-9 -]+') AND length({digits}) = 9 "
             f"THEN {_LAST_FOUR.format(digits=digits)} || ' ' || {mac} "
-            f"ELSE {_LAST_FOUR.format(digits=digits)} END")
+            f"ELSE {_LAST_FOUR.format(digits=digits)} || '{INVALID_MARK}' END")
 
 
 # Dates parse in DuckDB (it knows Feb 30 is not a day); GX sees yyyymmdd as an integer, which keeps

@@ -47,6 +47,7 @@ class Group:
     stored_as: str
     fields: tuple[Field, ...]
     complete: tuple[str, ...] = ()  # members required once any member of an index has a value
+    numbered_lines: tuple[str, ...] = ()  # spellings a number follows as the line (`Address 2`), never the group
 
     def column(self, member: str, index: int) -> str:
         return member if index == 0 else f"{member}_{index}"
@@ -127,7 +128,8 @@ class Entity:
         return out
 
     def header_index(self) -> dict[str, str]:
-        """Normalized header -> staged column name, with every alias and `-N` spelling (built once)."""
+        """Normalized header -> staged column name: every field's name and aliases, as written (no index);
+        built once per entity."""
         cached = self.__dict__.get("_header_index")
         if cached is not None:
             return cached
@@ -138,10 +140,7 @@ class Entity:
         for group in self.groups:
             for f in group.fields:
                 for spelling in (f.name, *f.aliases):
-                    base = header_key(spelling)
-                    index[base] = group.column(f.name, 0)
-                    for i in range(1, MAX_GROUP_INDEX + 1):
-                        index[f"{base}{i}"] = group.column(f.name, i)
+                    index[header_key(spelling)] = group.column(f.name, 0)
         object.__setattr__(self, "_header_index", index)  # frozen: a cache, not state
         return index
 
@@ -149,22 +148,58 @@ class Entity:
         return [f.name for f in self.fields if f.required]
 
 
+# Columns a results or errors file adds: re-uploading a fixed errors file ignores them (never stored).
+MESSAGES_HEADERS = frozenset(header_key(h) for h in (
+    "errors", "error", "messages", "message", "error messages", "error message", "import errors",
+    "import messages", "validation errors"))
+
+
+def is_messages_column(header: str) -> bool:
+    """Whether a header is the messages column of our own errors file (ignored on re-upload)."""
+    return header_key(header) in MESSAGES_HEADERS
+
+
+# One cell holding a whole name cannot be split reliably ("Mary Ann Van Dyke", "Smith, John Jr").
+WHOLE_NAME_HEADERS = frozenset(header_key(h) for h in (
+    "patient name", "full name", "name", "member name", "patient full name", "patientName", "fullName"))
+
+
 def map_header(entity: Entity, header: str) -> str | None:
     """The staged column a source header maps to, or None when the header is unknown.
 
-    `email-3`, `email_3`, `Email 3` and `addressLine1-2` carry a group index after a separator; the
-    separator matters, because `addressLine1` alone is the plain group's line 1.
+    The whole header is tried first as a field's name or alias (`Address 2`, `Address Line 2`,
+    `Street 2` are line 2). Otherwise a group index is a `-N` or `_N` suffix (`email-3`,
+    `addressLine1-2`, `Address 1_2`), or a ` N` / `N` suffix right after a group field's spelling
+    (`Email 3`, `Phone2`) -- except after `address`, `address line` or `street`, where a number
+    is the address line, never the group. `address_line1` alone is the plain group's line 1.
     """
     index = entity.header_index()
-    match = re.fullmatch(r"(.*?\S)[\s_-]+(\d{1,2})", header.strip())
-    if match and 1 <= int(match.group(2)) <= MAX_GROUP_INDEX:
-        base = header_key(match.group(1))
-        column = index.get(base)
-        if column is not None and any(
-            column == g.column(f.name, 0) for g in entity.groups for f in g.fields
-        ):
-            return index.get(f"{base}{int(match.group(2))}")
-    return index.get(header_key(header))
+    text = header.strip()
+    whole = index.get(header_key(text))
+    if whole is not None:
+        return whole
+    match = re.fullmatch(r"(.*?\S)\s*([-_])\s*(\d{1,2})", text) or re.fullmatch(r"(.*?\D)\s*(\d{1,2})", text)
+    if match is None or not 1 <= int(match.groups()[-1]) <= MAX_GROUP_INDEX:
+        return None
+    base, number = header_key(match.group(1)), int(match.groups()[-1])
+    spaced = len(match.groups()) == 2
+    for group in entity.groups:
+        if spaced and base in {header_key(s) for s in group.numbered_lines}:
+            return None  # `Address 3`: a line number we do not have, not group 3
+        for f in group.fields:
+            if index.get(base) == group.column(f.name, 0):
+                return group.column(f.name, number)
+    return None
+
+
+def whole_name_hint(entity: Entity, headers: list[str], missing: list[str]) -> str:
+    """What to say when the names are missing but a column holds the whole name (`Patient Name`)."""
+    whole = [h for h in headers if header_key(h) in WHOLE_NAME_HEADERS and map_header(entity, h) is None]
+    if not whole or not {"first_name", "last_name"} & set(missing):
+        return ""
+    return (f"; column {whole[0]!r} holds the whole name, which cannot be split reliably "
+            "(\"Mary Ann Van Dyke\", \"Smith, John Jr\"): send first and last names in their own columns "
+            "(First Name, Last Name)")
 
 
 def _name_part(expr: str) -> str:

@@ -1,4 +1,4 @@
-"""Normalization: the checked rows that did not error, typed, with groups folded into JSON lists,
+"""Normalization: the checked rows that did not error, typed, with groups folded into positional JSON lists,
 unknown columns kept in `extra`, and, for entities that match without a key, `match_key`."""
 
 from __future__ import annotations
@@ -27,7 +27,9 @@ def normalize(db: StageDb, entity: Entity) -> int:
                                           if checked_value(f.name) in available else "CAST(NULL AS VARCHAR)")
     groups = {}
     for group in entity.groups:
-        items = []
+        # Positional: the list's Nth item is the row's Nth slot (plain or -1 is the first, -N the Nth),
+        # JSON null where the row has no value, so publish can merge it into the stored list by index.
+        slots: dict[int, list[str]] = {}
         for index in range(MAX_GROUP_INDEX + 1):
             members = [(f, group.column(f.name, index)) for f in group.fields]
             if not any(checked_value(col) in available for _, col in members):
@@ -37,15 +39,21 @@ def normalize(db: StageDb, entity: Entity) -> int:
                  else "NULL")
                 for f, col in members
             ]
-            items.append(values[0][1] if len(values) == 1 else
-                         "struct_pack(" + ", ".join(f"{n} := {v}" for n, v in values) + ")")
-        if not items:
+            if len(values) == 1:
+                item = values[0][1]
+            else:
+                item = (f"CASE WHEN {' OR '.join(f'({v}) IS NOT NULL' for _, v in values)} THEN struct_pack("
+                        + ", ".join(f"{n} := {v}" for n, v in values) + ") END")
+            slots.setdefault(max(index, 1), []).append(item)
+        if not slots:
             groups[group.stored_as] = "CAST(NULL AS VARCHAR)"
             continue
-        test = "x IS NOT NULL" if len(group.fields) == 1 else " OR ".join(
-            f"x.{f.name} IS NOT NULL" for f in group.fields)
-        listed = f"list_filter([{', '.join(items)}], lambda x: {test})"
-        groups[group.stored_as] = f"CASE WHEN len({listed}) > 0 THEN CAST(to_json({listed}) AS VARCHAR) END"
+        items = {slot: f"coalesce({', '.join(found)})" for slot, found in slots.items()}
+        last = "greatest(" + ", ".join(f"CASE WHEN {item} IS NOT NULL THEN {slot} ELSE 0 END"
+                                       for slot, item in items.items()) + ", 0)"
+        listed = "[" + ", ".join(items.get(slot, "NULL") for slot in range(1, max(items) + 1)) + "]"
+        groups[group.stored_as] = (f"CASE WHEN {last} > 0 THEN CAST(to_json(list_slice({listed}, 1, {last})) "
+                                   "AS VARCHAR) END")
     selects = [f"{expr} AS {name}" for name, expr in typed.items()]
     selects += [f"{expr} AS {name}" for name, expr in groups.items()]
     selects.append("CAST(c.extra AS VARCHAR) AS extra")

@@ -123,12 +123,12 @@ def _build_row_log(db: StageDb, batch_id: str, entities: list[Entity]) -> None:
         selects.append(f"""
             SELECT '{batch_id}' AS batch_id, o.file_index, o.row_number, '{e.name}' AS entity,
                    coalesce(p.key, {raw_key}) AS external_id,
-                   CASE WHEN o.errored OR p.status = 'Conflict' OR r.errors IS NOT NULL THEN 'Errored'
-                        ELSE p.status END AS status,
+                   CASE WHEN o.errored OR p.status IN ('Conflict', 'Ambiguous') OR r.errors IS NOT NULL
+                        THEN 'Errored' ELSE p.status END AS status,
                    nullif(concat_ws('; ',
                        CASE WHEN p.status = 'Conflict' THEN 'error: {e.key}: the same record as row '
                             || first.row_number || ' of this batch' END,
-                       r.errors, o.messages, r.warnings), '') AS messages,
+                       r.errors, o.messages, r.warnings, p.message), '') AS messages,
                    nullif(rtrim(p.changed_fields, ','), '') AS changed_fields
             FROM {outcome} o
             LEFT JOIN outcome_{e.name} p USING (rid)
@@ -154,9 +154,14 @@ def _write_errors_files(home: Home, db: StageDb, batch: Batch, dry_run: bool) ->
             [file_index],
         ).fetchall()
         label = "_dry-run" if dry_run else ""
-        tmp, final = results.claim_name(
-            home.results, f"{batch.received_on.isoformat()}_{results.safe_stem(name)}{label}_errors")
-        query = results.errors_query(db.raw(file_index), entity, headers, ROW_LOG, file_index)
-        results.write_csv(db.con, query, tmp)
-        written.append(str(results.link_into_place(tmp, final)))
+        base = f"{batch.received_on.isoformat()}_{results.safe_stem(name)}{label}_errors"
+        tmp, final = results.claim_name(home.results, base)
+        query = results.errors_query(db.raw(file_index), headers, ROW_LOG, file_index, entity=entity)
+        results.write_errors_csv(db.con, query, headers, tmp)
+        csv_file = results.link_into_place(tmp, final)
+        # The same rows as a workbook beside it, named after the CSV (`..._errors-2.xlsx` beside `..._errors-2.csv`).
+        tmp, final = results.claim_name(home.results, csv_file.stem, ".xlsx")
+        query = results.errors_query(db.raw(file_index), headers, ROW_LOG, file_index, entity=entity, neutralized=False)
+        results.write_errors_xlsx(db.con, query, entity, headers, tmp)
+        written += [str(csv_file), str(results.link_into_place(tmp, final))]
     return written

@@ -16,7 +16,7 @@ import duckdb
 import pandas as pd
 
 from patient_etl.duck import first_row, scalar
-from patient_etl.entities.spec import Entity, match_key_sql
+from patient_etl.entities.spec import MESSAGES_HEADERS, Entity, match_key_sql
 from patient_etl.quality.suites import group_indexes, rules_for, validate
 from patient_etl.workspace import StageDb, checked_number, checked_value
 
@@ -139,12 +139,16 @@ def _cross_row_checks(db: StageDb, entity: Entity, present: list[str], first_rul
                 WHERE rid <> first_rid)""",
             ["error", label, why],
         )
-    # Unknown columns are kept (as `extra`) and reported once, on each file's first data row.
+    # Unknown columns are kept (as `extra`) and reported once, on each file's first data row; the
+    # messages column of a fixed errors file is neither.
+    ignored = "(" + ", ".join(f"'{h}'" for h in sorted(MESSAGES_HEADERS)) + ")"
     con.execute(
         insert + f"""(
             SELECT first.rid, 'not a known column; kept as extra data: ' || unknown.headers AS message
             FROM (SELECT file_index, min(rid) AS rid FROM {checked} GROUP BY file_index) first
             JOIN (SELECT file_index, string_agg(header, ', ' ORDER BY position) AS headers
-                  FROM {db.header_map} WHERE column_name IS NULL GROUP BY file_index) unknown USING (file_index))""",
+                  FROM {db.header_map} WHERE column_name IS NULL
+                    AND regexp_replace(lower(header), '[^0-9a-z]', '', 'g') NOT IN {ignored}
+                  GROUP BY file_index) unknown USING (file_index))""",
         ["warning", "columns"],
     )

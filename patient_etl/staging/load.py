@@ -21,7 +21,7 @@ import duckdb
 from patient_etl.duck import scalar
 from patient_etl.entities import ENTITIES, FORMAT_ALIASES
 from patient_etl.entities.kinds import SSN_TOKEN_MACRO
-from patient_etl.entities.spec import Entity, map_header
+from patient_etl.entities.spec import Entity, is_messages_column, map_header, whole_name_hint
 from patient_etl.errors import SafeError
 from patient_etl.resources import (
     DEFAULT_MAX_BYTES,
@@ -376,7 +376,7 @@ def map_headers(entity: Entity, headers: list[str], name: str, template: EntityM
                 "duplicate_field",
                 f"{name}: columns {seen[column]!r} and {header!r} both map to {column}; keep one",
             )
-        if column is None:
+        if column is None and not is_messages_column(header):  # a fixed errors file's messages: ignored
             unknown.append(header or f"(unnamed column {len(columns) + 1})")
         else:
             seen[column] = header
@@ -389,7 +389,8 @@ def map_headers(entity: Entity, headers: list[str], name: str, template: EntityM
                                         f"{', '.join(expected)}; required: {', '.join(entity.required())}")
     missing = [f for f in entity.required() if f not in seen and f not in constants]
     if missing:
-        raise FileRejected("missing_columns", f"{name}: required columns missing: {', '.join(missing)}")
+        raise FileRejected("missing_columns", f"{name}: required columns missing: {', '.join(missing)}"
+                                              + whole_name_hint(entity, headers, missing))
     return HeaderMap(headers, columns, unknown)
 
 
@@ -695,7 +696,7 @@ def _union_entity(db: StageDb, entity: Entity, files: list[StagedFile],
             for c in present
         ]
         unknown = [(j, h) for j, (h, c) in enumerate(zip(f.header.headers, f.header.columns, strict=True))
-                   if c is None]
+                   if c is None and not is_messages_column(h)]
         extra, control, join = "CAST(NULL AS JSON)", _control_message(f.header.headers), ""
         if width > _WIDE:
             extra, control, join = "w.extra", "w.control", f"LEFT JOIN {_wide_cells(db, f)} w USING (row_number) "

@@ -22,7 +22,7 @@ from pathlib import Path
 import duckdb
 import sqlalchemy as sa
 
-from patient_etl.entities.spec import Entity
+from patient_etl.entities.spec import MAX_GROUP_INDEX, Entity
 from patient_etl.target import SQL_DIR, TargetSchemaError, utc_now
 from patient_etl.target.schema import (
     AUDIT_COLUMNS,
@@ -237,9 +237,31 @@ class Target:
     # -- applying one entity ---------------------------------------------------------------------------
 
     @classmethod
+    def list_agg(cls, expr: str) -> str:
+        """`expr` of a group's rows joined with `, `, in the order the rows come."""
+        return f"string_agg({expr}, ', ')"
+
+    # Group lists are JSON text: stored compact, incoming positional (JSON null where a row has no value).
+    @classmethod
+    def list_item(cls, array: str, n: int) -> str:
+        """The JSON list `array`'s item `n` (0-based), comparable; NULL when absent or JSON null."""
+        return f"nullif(({array})::jsonb -> {n}, 'null'::jsonb)"
+
+    @classmethod
+    def list_merge(cls, new: str, old: str) -> str:
+        """`old` with each non-null item of `new` in its place, compacted; NULL when both are empty."""
+        # json, not jsonb: items keep their text (an address's keys in the spec's order).
+        item = "CASE WHEN json_typeof(i.v) <> 'null' THEN i.v ELSE o.v END"
+        return (f"(SELECT json_agg({item} ORDER BY coalesce(i.n, o.n))::text "
+                f"FROM json_array_elements(coalesce({new}, '[]')::json) WITH ORDINALITY AS i(v, n) "
+                f"FULL JOIN json_array_elements(coalesce({old}, '[]')::json) WITH ORDINALITY AS o(v, n) "
+                f"ON o.n = i.n WHERE {item} IS NOT NULL AND json_typeof({item}) <> 'null')")
+
+    @classmethod
     def upsert_sql(cls, entity: Entity) -> str:
         """Insert the batch's Created and Updated rows of `incoming_<entity>`; an update never erases a
-        value with an empty cell. Parameters `:batch_id` and `:now`."""
+        value with an empty cell (group lists arrive already merged with the stored ones by index, see
+        `apply_entity`). Parameters `:batch_id` and `:now`."""
         cols = [c for c, _ in stored_columns(entity)]
         table, key = entity.table, entity.key
         assignments = [f"{c} = coalesce(excluded.{c}, {table}.{c})" for c in cols if c != key]
@@ -257,8 +279,9 @@ class Target:
                      batch_id: str, now: str, write: bool) -> EntityOutcome:
         """Load the batch's normalized rows, decide each row's outcome against the target, upsert.
 
-        Leaves `outcome_<entity>` (rid, key, status, changed_fields, first_rid) in DuckDB; a row whose
-        key resolves to the same record as an earlier row of the batch is a `Conflict`.
+        Leaves `outcome_<entity>` (rid, key, status, changed_fields, first_rid, message) in DuckDB; a row
+        whose key resolves to the same record as an earlier row of the batch is a `Conflict`, a keyless row
+        whose match key finds several stored records is `Ambiguous` (message names them).
         """
         key = entity.key
         stored = dict(stored_columns(entity))
@@ -266,39 +289,73 @@ class Target:
         incoming = f"incoming_{entity.name}"
         self.temp_table(conn, incoming, {"rid": "bigint", **stored}, primary_key="rid")
         self.load(conn, duck, f"SELECT rid, {', '.join(cols)} FROM {entity.table}", incoming, ["rid", *cols])
+        outcome = f"outcome_{entity.name}"
+        candidates = f"candidates_{entity.name}"
+        self.temp_table(conn, candidates, {"rid": "bigint", "n": "bigint", "only_key": "text", "keys": "text"},
+                        primary_key="rid")
         if entity.match_on:
-            # No key: take the target's member with the same match key, else a key derived from it.
+            # No key: the one stored member with the same match key, else a key derived from it. Two or
+            # more stored members with that match key: the row is Ambiguous, applied to none of them.
+            conn.exec_driver_sql(f"""
+                INSERT INTO {candidates} (rid, n, only_key, keys)
+                SELECT rid, count(*), min(k), {self.list_agg('k')}
+                FROM (SELECT s.rid, t.{key} AS k FROM {incoming} s JOIN {entity.table} t ON t.match_key = s.match_key
+                      WHERE s.{key} IS NULL ORDER BY s.rid, t.{key}) m
+                GROUP BY rid""")
             conn.exec_driver_sql(f"""
                 UPDATE {incoming} SET {key} = coalesce(
-                    (SELECT min(t.{key}) FROM {entity.table} t WHERE t.match_key = {incoming}.match_key),
+                    (SELECT c.only_key FROM {candidates} c WHERE c.rid = {incoming}.rid),
                     'auto-' || substr(match_key, 1, 20))
-                WHERE {key} IS NULL""")
-        compared = [c for c in cols if c not in (key, "match_key")]
+                WHERE {key} IS NULL AND rid NOT IN (SELECT rid FROM {candidates} WHERE n > 1)""")
+        lists = [g.stored_as for g in entity.groups]
+        compared = [c for c in cols if c not in (key, "match_key", *lists)]
         changed = " || ".join(
-            f"CASE WHEN s.{c} IS NOT NULL AND s.{c} IS DISTINCT FROM t.{c} THEN '{c},' ELSE '' END" for c in compared
+            [f"CASE WHEN s.{c} IS NOT NULL AND s.{c} IS DISTINCT FROM t.{c} THEN '{c},' ELSE '' END" for c in compared]
+            + [f"CASE WHEN {self.list_item(f's.{c}', n)} IS NOT NULL AND {self.list_item(f's.{c}', n)} "
+               f"IS DISTINCT FROM {self.list_item(f't.{c}', n)} THEN '{c}[{n + 1}],' ELSE '' END"
+               for c in lists for n in range(MAX_GROUP_INDEX)]
         )
-        outcome = f"outcome_{entity.name}"
         conn.exec_driver_sql(f"DROP TABLE IF EXISTS {outcome}")
         conn.exec_driver_sql(f"""
             CREATE TEMPORARY TABLE {outcome} AS
             SELECT s.rid, s.{key} AS key,
-                   CASE WHEN s.first_rid <> s.rid THEN 'Conflict'
+                   CASE WHEN s.{key} IS NULL THEN 'Ambiguous'
+                        WHEN s.first_rid <> s.rid THEN 'Conflict'
                         WHEN t.{key} IS NULL THEN 'Created' ELSE 'Changed' END AS status,
                    CASE WHEN t.{key} IS NULL THEN '' ELSE {changed} END AS changed_fields,
-                   s.first_rid
-            FROM (SELECT *, min(rid) OVER (PARTITION BY {key}) AS first_rid FROM {incoming}) s
-            LEFT JOIN {entity.table} t ON t.{key} = s.{key}""")
+                   s.first_rid,
+                   CASE WHEN s.{key} IS NULL THEN 'error: {key}: no {key}, and the name, birth date and sex '
+                        || 'match ' || c.n || ' stored records ({key} ' || c.keys || '); send the {key} of '
+                        || 'the right one' END AS message
+            FROM (SELECT *, CASE WHEN {key} IS NULL THEN rid ELSE min(rid) OVER (PARTITION BY {key}) END
+                         AS first_rid FROM {incoming}) s
+            LEFT JOIN {entity.table} t ON t.{key} = s.{key}
+            LEFT JOIN {candidates} c ON c.rid = s.rid""")
         conn.exec_driver_sql(f"""
             UPDATE {outcome} SET status = CASE WHEN changed_fields = '' THEN 'Unchanged' ELSE 'Updated' END
             WHERE status = 'Changed'""")
+        if entity.match_on:
+            # A key that finds one record while the name, birth date and sex match another: say so.
+            others = (f"SELECT {self.list_agg('k')} FROM (SELECT t.{key} AS k FROM {incoming} s "
+                      f"JOIN {entity.table} t ON t.match_key = s.match_key AND t.{key} <> s.{key} "
+                      f"WHERE s.rid = {outcome}.rid ORDER BY t.{key}) m")
+            conn.exec_driver_sql(f"""
+                UPDATE {outcome} SET message = 'warning: {key}: the name, birth date and sex also match '
+                    || 'the stored record with {key} ' || ({others}) || '; check this is the same patient'
+                WHERE status IN ('Updated', 'Unchanged') AND ({others}) IS NOT NULL""")
+        if lists:
+            # Lists merge by index: the row's Nth item replaces the stored Nth, an empty slot keeps it.
+            stored_list = f"(SELECT t.{{c}} FROM {entity.table} t WHERE t.{key} = {incoming}.{key})"
+            conn.exec_driver_sql(f"UPDATE {incoming} SET " + ", ".join(
+                f"{c} = {self.list_merge(f'{incoming}.{c}', stored_list.format(c=c))}" for c in lists))
         if write:
             conn.execute(sa.text(self.upsert_sql(entity)), {"batch_id": batch_id, "now": now})
-        self.fetch(conn, duck, f"SELECT rid, key, status, changed_fields, first_rid FROM {outcome}", outcome,
-                   {"rid": "BIGINT", "key": "VARCHAR", "status": "VARCHAR", "changed_fields": "VARCHAR",
-                    "first_rid": "BIGINT"})
+        self.fetch(conn, duck, f"SELECT rid, key, status, changed_fields, first_rid, message FROM {outcome}",
+                   outcome, {"rid": "BIGINT", "key": "VARCHAR", "status": "VARCHAR", "changed_fields": "VARCHAR",
+                             "first_rid": "BIGINT", "message": "VARCHAR"})
         counts = dict(duck.execute(f"SELECT status, count(*) FROM {outcome} GROUP BY status").fetchall())
         return EntityOutcome(entity.name, counts.get("Created", 0), counts.get("Updated", 0),
-                             counts.get("Unchanged", 0), counts.get("Conflict", 0))
+                             counts.get("Unchanged", 0), counts.get("Conflict", 0) + counts.get("Ambiguous", 0))
 
     # -- the logs ---------------------------------------------------------------------------------------
 

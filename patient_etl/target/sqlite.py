@@ -38,6 +38,23 @@ class SqliteTarget(Target):
     TYPES = {"text": "TEXT", "date": "DATE", "decimal(14,2)": "NUMERIC(14,2)", "timestamp": "TIMESTAMP",
              "bigint": "BIGINT", "integer": "INTEGER"}
 
+    @classmethod
+    def list_agg(cls, expr: str) -> str:
+        return f"group_concat({expr}, ', ')"  # SQLite < 3.44 has no string_agg
+
+    @classmethod
+    def list_item(cls, array: str, n: int) -> str:
+        return f"CASE WHEN json_type({array}, '$[{n}]') <> 'null' THEN json_extract({array}, '$[{n}]') END"
+
+    @classmethod
+    def list_merge(cls, new: str, old: str) -> str:
+        def item(e: str) -> str:  # an item as JSON text: json_each gives strings unquoted
+            return f"CASE WHEN {e}.type = 'text' THEN json_quote({e}.value) WHEN {e}.type <> 'null' THEN {e}.value END"
+
+        return (f"(SELECT '[' || group_concat(v, ',') || ']' FROM (SELECT coalesce({item('i')}, {item('o')}) AS v "
+                f"FROM json_each(coalesce({new}, '[]')) i FULL JOIN json_each(coalesce({old}, '[]')) o "
+                "ON o.key = i.key ORDER BY coalesce(i.key, o.key)) m WHERE v IS NOT NULL)")
+
     def __init__(self, url: str, work_dir: Path | None = None):
         super().__init__(url, work_dir)
         # pysqlite opens transactions lazily, after our reads: take the write lock up front instead.
