@@ -3,6 +3,8 @@
 A batch is registered (by a sensor or the CLI) before it is processed: its manifest records where
 its files come from, so the landing step, the nightly schedule and backfills all find it by its
 partition key alone. Status moves Registered -> Landed -> Finished | Finished with Errors | Failed.
+A batch held for review waits as Awaiting approval (not pending: the nightly run leaves it alone)
+until it is approved (then Finished...), Rejected or Expired.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 DEFAULT_HOME = "patient_etl_home"
-FINAL_STATUSES = ("Finished", "Finished with Errors", "Failed")
+FINAL_STATUSES = ("Finished", "Finished with Errors", "Failed", "Rejected", "Expired")
+AWAITING_APPROVAL = "Awaiting approval"
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,7 @@ class Batch:
     dry_run: bool = False
     remote: dict = field(default_factory=dict)  # source bookkeeping: files retired, results delivered
     failure: str | None = None  # for a Failed batch: "file" (the partner's file) or "run" (ours to fix)
+    review: dict = field(default_factory=dict)  # held for review: why, the preview, the decision (publish/review.py)
 
     @property
     def display_name(self) -> str:
@@ -106,7 +110,7 @@ class Batch:
 
     @property
     def is_pending(self) -> bool:
-        return self.status not in FINAL_STATUSES
+        return self.status not in (*FINAL_STATUSES, AWAITING_APPROVAL)
 
 
 def partition_key(source: str, name: str, fingerprint: str, when: dt.datetime) -> str:

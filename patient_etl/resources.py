@@ -26,6 +26,12 @@ class PatientEtl(dg.ConfigurableResource):
     process_on_arrival: bool = True
     webhook_url: str | None = None
     webhook_secret: str | None = None
+    # Review before publish (publish/review.py): which batches are held, for how long, who decides.
+    review: str = "off"  # required: every batch; first: the first batch of each source; off
+    review_max_errored_percent: int | None = None  # hold a batch with more errored rows than this
+    review_max_updates: int | None = None  # hold a batch that would update more rows than this
+    review_expires_days: int = 14
+    approvers: str | None = None  # comma-separated names allowed to approve or reject
 
     def home_dir(self) -> Home:
         if self.home:
@@ -59,6 +65,11 @@ SETTINGS = {
     "webhook_url": ("PATIENT_ETL_WEBHOOK_URL", False),
     "webhook_secret": ("PATIENT_ETL_WEBHOOK_SECRET", False),
     "max_file_bytes": ("PATIENT_ETL_MAX_FILE_BYTES", True),
+    "review": ("PATIENT_ETL_REVIEW", False),
+    "review_max_errored_percent": ("PATIENT_ETL_REVIEW_MAX_ERRORED_PERCENT", True),
+    "review_max_updates": ("PATIENT_ETL_REVIEW_MAX_UPDATES", True),
+    "review_expires_days": ("PATIENT_ETL_REVIEW_EXPIRES_DAYS", True),
+    "approvers": ("PATIENT_ETL_APPROVERS", False),
 }
 
 

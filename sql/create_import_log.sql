@@ -14,7 +14,10 @@ CREATE TABLE IF NOT EXISTS import_batch (
     errored BIGINT NOT NULL DEFAULT 0,
     results_file TEXT,
     registered_at TIMESTAMPTZ,
-    finished_at TIMESTAMPTZ
+    finished_at TIMESTAMPTZ,
+    held_reason TEXT,
+    decided_by TEXT,
+    decided_at TIMESTAMPTZ
 );
 
 CREATE TABLE IF NOT EXISTS import_row (

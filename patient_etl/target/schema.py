@@ -69,6 +69,8 @@ IMPORT_BATCH = Table("import_batch", (
     Column("sha256", "text"), Column("status", "text", not_null=True), Column("reason", "text"),
     *(_counter(c) for c in ("rows_total", "created", "updated", "unchanged", "errored")),
     Column("results_file", "text"), Column("registered_at", "timestamp"), Column("finished_at", "timestamp"),
+    # Review before publish: why the batch was held, who approved or rejected it and when.
+    Column("held_reason", "text"), Column("decided_by", "text"), Column("decided_at", "timestamp"),
 ), ("batch_id",))
 
 IMPORT_ROW = Table("import_row", (
