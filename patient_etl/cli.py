@@ -370,8 +370,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "ui":
             return run_ui(etl.home_dir(), args.port)
         if args.command == "rerun":
-            if etl.registry().get(args.batch) is None:
+            batch = etl.registry().get(args.batch)
+            if batch is None:
                 raise UsageError(f"no batch {args.batch!r} in {etl.home_dir().registry}")
+            if batch.status in ("Rejected", "Expired"):
+                raise UsageError(f"batch {args.batch} was {batch.status.lower()} in review and is never published; "
+                                 "a new upload of the file makes a new batch")
             return _print_outcome(run_batch(args.batch, etl, verbose=args.verbose), args.json)
         if args.command in ("approve", "reject"):
             return decide_batch(etl, args.batch, args.command, getattr(args, "reason", ""), args.as_name, args.json,

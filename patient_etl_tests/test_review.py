@@ -144,6 +144,8 @@ def test_rejection_ends_the_batch_with_its_reason_and_it_cannot_be_approved(tmp_
 
     code, _, err = cli(capsys, "approve", held["batch_id"])
     assert code == 2 and "already rejected" in err and "new upload" in err
+    code, _, err = cli(capsys, "rerun", held["batch_id"])
+    assert code == 2 and "never published" in err
     # Nor does a backfill of its partition publish it.
     outcome = run_batch(held["batch_id"], cli_env)
     assert outcome["run_failure"] and "already rejected" in outcome["run_failure"]
@@ -253,3 +255,38 @@ def test_a_source_can_require_review(tmp_path, home, pg_url, instance, monkeypat
     assert configured.of("sftp").review_reason(etl.home_dir(), batch) == "the SFTP server requires review"
     assert configured.of("s3").review_reason(etl.home_dir(), batch) == "the object store requires review"
     assert configured.of("upload").review_reason(etl.home_dir(), batch) is not None
+
+
+def test_approval_refuses_a_landed_copy_other_than_the_one_previewed(tmp_path, etl, run_import, instance):
+    roster = write_csv(tmp_path / "roster.csv", HEADER, *ROWS[:1])
+    held = run_import(roster, PatientEtl(home=etl.home, review="required"))
+    batch = etl.registry().require(held["batch_id"])
+    (etl.home_dir().root / batch.landed[0]["path"]).write_text(HEADER + "\nP9,Eve,Nye,1980-01-01,F\n")
+    outcome = run_batch(batch.batch_id, etl, instance=instance, job_name="approve_batch_job",
+                        publish={"decision": "approve", "decided_by": "alice"})
+    assert "not the one previewed (its sha256 differs)" in outcome["run_failure"]
+    assert "P9" not in outcome["run_failure"] and outcome["status"] == "Awaiting approval"
+    assert query(etl.target(), "SELECT count(*) FROM sqlite_master WHERE name = 'member'") == [(0,)]
+
+
+def test_an_existing_target_gains_the_review_columns(tmp_path, home, etl, run_import, instance):
+    """A target created by the previous release (its import_batch without the review columns)."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(etl.target())
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE import_batch (batch_id TEXT PRIMARY KEY, source TEXT NOT NULL, "
+                             "file_names TEXT NOT NULL, sha256 TEXT, status TEXT NOT NULL, reason TEXT, "
+                             "rows_total BIGINT NOT NULL DEFAULT 0, created BIGINT NOT NULL DEFAULT 0, "
+                             "updated BIGINT NOT NULL DEFAULT 0, unchanged BIGINT NOT NULL DEFAULT 0, "
+                             "errored BIGINT NOT NULL DEFAULT 0, results_file TEXT, registered_at TIMESTAMP, "
+                             "finished_at TIMESTAMP)")
+        conn.exec_driver_sql("INSERT INTO import_batch (batch_id, source, file_names, status) "
+                             "VALUES ('old-batch', 'cli', '[]', 'Finished')")
+    engine.dispose()
+    roster = write_csv(tmp_path / "roster.csv", HEADER, *ROWS[:1])
+    held = run_import(roster, PatientEtl(home=str(home), review="required"))
+    run_batch(held["batch_id"], etl, instance=instance, job_name="reject_batch_job",
+              publish={"decision": "reject", "reason": "not ours", "decided_by": "alice"})
+    rows = query(etl.target(), "SELECT batch_id, status, decided_by FROM import_batch ORDER BY 1")
+    assert rows == [(held["batch_id"], "Rejected", "alice"), ("old-batch", "Finished", None)]
