@@ -180,7 +180,8 @@ def _batch_summary(batch) -> dict:
         "batch_id": batch.batch_id, "source": batch.source, "files": [f.name for f in batch.files],
         "status": batch.status, "counts": {k: batch.counts.get(k, 0) for k in COUNTED},
         "received": batch.registered_at,
-        "finished": batch.history[-1]["at"] if batch.history and not batch.is_pending else None,
+        "finished": batch.history[-1]["at"] if batch.history and not batch.is_pending
+        and batch.status != AWAITING_APPROVAL else None,
         **{key: batch.review.get(key) for key in ("held", "decision", "decided_by", "decided_at")},
     }
 
