@@ -5,6 +5,8 @@ its files come from, so the landing step, the nightly schedule and backfills all
 partition key alone. Status moves Received -> Landed -> Staged -> Checked -> Publishing -> Finished |
 Finished with Errors | Failed; each change is kept in its history, and the target's `import_batch`
 row follows it (`PatientEtl.registry()` passes `on_status`).
+A batch held for review waits as Awaiting approval (not pending: the nightly run leaves it alone)
+until it is approved (then Finished...), Rejected or Expired.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 DEFAULT_HOME = "patient_etl_home"
-FINAL_STATUSES = ("Finished", "Finished with Errors", "Failed")
+FINAL_STATUSES = ("Finished", "Finished with Errors", "Failed", "Rejected", "Expired")
+AWAITING_APPROVAL = "Awaiting approval"
 PRIVATE_UMASK = 0o077  # everything written under the home is its owner's alone: folders 0700, files 0600
 # A temporary file in the home is hidden and carries its writer's process id, so that the next start
 # can tell a killed process's leftovers (removed) from a live process's work in progress (kept):
@@ -197,6 +200,7 @@ class Batch:
     failure: str | None = None  # for a Failed batch: "file" (the partner's file) or "run" (ours to fix)
     delimiter: str | None = None  # the files' delimiter when the user named it (`import --delimiter`)
     purged_at: str | None = None  # when retention removed its landed copy and staging (results are kept)
+    review: dict = field(default_factory=dict)  # held for review: why, the preview, the decision (publish/review.py)
 
     @property
     def display_name(self) -> str:
@@ -208,7 +212,7 @@ class Batch:
 
     @property
     def is_pending(self) -> bool:
-        return self.status not in FINAL_STATUSES
+        return self.status not in (*FINAL_STATUSES, AWAITING_APPROVAL)
 
     @property
     def run_ids(self) -> set[str]:

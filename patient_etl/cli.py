@@ -11,6 +11,7 @@ import argparse
 import csv
 import datetime as dt
 import fcntl
+import getpass
 import hashlib
 import json
 import logging
@@ -25,9 +26,9 @@ from pathlib import Path
 import dagster as dg
 from dagster._core.storage.defs_state.base import set_defs_state_storage
 
-from patient_etl.batches import Home, SourceFile
+from patient_etl.batches import AWAITING_APPROVAL, Home, SourceFile
 from patient_etl.entities import ENTITIES, entity_named
-from patient_etl.failure import end_failed_run
+from patient_etl.failure import end_failed_run, run_failure_reason
 from patient_etl.resources import PatientEtl, patient_etl_from_env
 from patient_etl.sources import Sources
 from patient_etl.sources.resources import sources_from_env
@@ -38,6 +39,7 @@ DEMO_HOME = "patient_etl_demo"
 INPUT_SUFFIXES = (".csv", ".txt", ".tsv", ".tab", ".psv", ".zip", ".xlsx", ".gz")
 DELIMITERS = {"comma": ",", "semicolon": ";", "tab": "\t", "pipe": "|"}
 COUNTED = ("Created", "Updated", "Unchanged", "Errored")
+REPORTED = ("Finished", "Finished with Errors", AWAITING_APPROVAL, "Rejected", "Expired")  # else Failed
 LOCAL_INSTANCE = """\
 # The Dagster instance of this PATIENT_ETL_HOME, written by patient-etl on first use: runs, events and
 # schedules are kept in SQLite files in this folder. `patient-etl import` and `patient-etl ui` both use
@@ -100,7 +102,7 @@ def expand(paths: list[str]) -> list[Path]:
 
 def import_batch(paths: list[str], etl: PatientEtl, dry_run: bool = False, mapping: str | None = None,
                  instance: dg.DagsterInstance | None = None, verbose: bool = False,
-                 delimiter: str | None = None) -> dict:
+                 delimiter: str | None = None, review: bool = False) -> dict:
     """Register the files as one batch, run the whole flow on it in-process, return the outcome."""
     if mapping:  # a bad template is refused before anything is registered; a path is kept absolute
         template = load_mapping(mapping)
@@ -115,18 +117,23 @@ def import_batch(paths: list[str], etl: PatientEtl, dry_run: bool = False, mappi
     if delimiter:
         batch.delimiter = DELIMITERS.get(delimiter, delimiter)
         registry.save(batch)
+    if review:
+        batch.review["requested"] = "it was imported with --review"
+        registry.save(batch)
     return run_batch(batch.batch_id, etl, dry_run=dry_run, instance=instance, verbose=verbose)
 
 
 def run_batch(batch_id: str, etl: PatientEtl, dry_run: bool = False, instance: dg.DagsterInstance | None = None,
-              sources: Sources | None = None, verbose: bool = False) -> dict:
-    """Run `import_job` on a registered batch in-process (a first run, or a reprocess), in `instance`
-    (by default this home's); a failed run ends its batch through the one failure path."""
+              sources: Sources | None = None, verbose: bool = False, job_name: str = "import_job",
+              publish: dict | None = None) -> dict:
+    """Run `import_job` (or `job_name`, with `publish` config for `published_batch`) on a registered
+    batch in-process (a first run, or a reprocess), in `instance` (by default this home's); a failed run
+    ends its batch through the one failure path."""
     from patient_etl.definitions import build_defs
 
     if instance is None:
         with home_instance(etl.home_dir()) as own:
-            return run_batch(batch_id, etl, dry_run, own, sources, verbose)
+            return run_batch(batch_id, etl, dry_run, own, sources, verbose, job_name, publish)
     registry = etl.registry()
     batch = registry.require(batch_id)
     if batch.dry_run != dry_run:  # a dry run's stages write nothing to the target, not even their status
@@ -137,8 +144,8 @@ def run_batch(batch_id: str, etl: PatientEtl, dry_run: bool = False, instance: d
     # The CLI is its own launcher: settings and sources are read from the environment now, as the code
     # location's EnvVars would be at run time.
     sources = sources or sources_from_env(resolve=True)
-    job = build_defs({"etl": etl, "sources": sources}).resolve_job_def("import_job")
-    run_config: dict = {"ops": {"published_batch": {"config": {"dry_run": dry_run}}}}
+    job = build_defs({"etl": etl, "sources": sources}).resolve_job_def(job_name)
+    run_config: dict = {"ops": {"published_batch": {"config": {"dry_run": dry_run, **(publish or {})}}}}
     if not verbose:  # the summary is the output; Dagster's own log stays in the instance
         run_config["loggers"] = {"console": {"config": {"log_level": "CRITICAL"}}}
     # Definitions resolve their state against the current instance's storage; in a process that has
@@ -151,13 +158,15 @@ def run_batch(batch_id: str, etl: PatientEtl, dry_run: bool = False, instance: d
     batch = registry.require(batch_id)
     return {
         "batch_id": batch.batch_id,
-        "status": batch.status if batch.status in ("Finished", "Finished with Errors") else "Failed",
+        "status": batch.status if batch.status in REPORTED else "Failed",
         "counts": {k: batch.counts.get(k, 0) for k in COUNTED},
         "results_file": batch.results_file,
         "reason": batch.reason,
         "failure": batch.failure,
         "dry_run": dry_run,
         "run_id": result.run_id,
+        "run_failure": None if result.success else run_failure_reason(instance, result.run_id),
+        "review": batch.review,
     }
 
 
@@ -167,9 +176,12 @@ def _print_outcome(outcome: dict, as_json: bool) -> int:
     else:
         counts = ", ".join(f"{k} {v}" for k, v in outcome["counts"].items())
         label = " (dry run: nothing written)" if outcome.get("dry_run") else ""
+        label = " (preview: nothing written)" if outcome["status"] == AWAITING_APPROVAL else label
         print(f"Batch {outcome['batch_id']}: {outcome['status']}{label}")
-        if outcome["status"] == "Failed":
+        if outcome["status"] in ("Failed", "Rejected", "Expired"):
             print(f"  reason: {outcome['reason']}")
+        elif outcome["status"] == AWAITING_APPROVAL:
+            print(f"  held because {outcome['review'].get('held')}; preview counts: {counts}")
         else:
             print(f"  {counts}")
         if outcome["results_file"]:
@@ -184,7 +196,9 @@ def _batch_summary(batch) -> dict:
         "batch_id": batch.batch_id, "source": batch.source, "files": [f.name for f in batch.files],
         "status": batch.status, "counts": {k: batch.counts.get(k, 0) for k in COUNTED},
         "received": batch.registered_at,
-        "finished": batch.history[-1]["at"] if batch.history and not batch.is_pending else None,
+        "finished": batch.history[-1]["at"] if batch.history and not batch.is_pending
+        and batch.status != AWAITING_APPROVAL else None,
+        **{key: batch.review.get(key) for key in ("held", "decision", "decided_by", "decided_at")},
     }
 
 
@@ -201,8 +215,9 @@ def list_batches(etl: PatientEtl, status: str | None, as_json: bool) -> int:
           f"{'errored':>8}  received")
     for r in rows:
         c = r["counts"]
+        decided = f"  {r['decision']} by {r['decided_by']} at {r['decided_at']}" if r["decided_by"] else ""
         print(f"{r['batch_id']:44} {r['source']:7} {r['status']:21} {c['Created']:>8} {c['Updated']:>8} "
-              f"{c['Unchanged']:>9} {c['Errored']:>8}  {r['received']}")
+              f"{c['Unchanged']:>9} {c['Errored']:>8}  {r['received']}{decided}")
     return 0
 
 
@@ -214,12 +229,13 @@ def show_batch(etl: PatientEtl, batch_id: str, as_json: bool) -> int:
               "results_file": batch.results_file, "dry_run": batch.dry_run,
               "landed": [{"name": i["name"], "size": i["size"], "sha256": i["sha256"]} for i in batch.landed],
               "purged_at": batch.purged_at,
-              "history": batch.history}
+              "history": batch.history, "review": batch.review}
     if as_json:
         print(json.dumps(detail))
         return 0
     print(f"Batch {batch.batch_id}: {batch.status}")
-    for key in ("source", "files", "received", "finished", "mapping", "reason", "results_file", "purged_at"):
+    for key in ("source", "files", "received", "finished", "mapping", "reason", "results_file", "purged_at", "held",
+                "decision", "decided_by", "decided_at"):
         if detail[key]:
             print(f"  {key}: {', '.join(detail[key]) if isinstance(detail[key], list) else detail[key]}")
     print("  counts: " + ", ".join(f"{k} {v}" for k, v in detail["counts"].items()))
@@ -241,6 +257,43 @@ def purge_batches(etl: PatientEtl, older_than_days: float, as_json: bool) -> int
         for batch in purged:
             print(f"  {batch.batch_id} ({batch.status})")
     return 0
+
+
+def decide_batch(etl: PatientEtl, batch_id: str, decision: str, reason: str, as_name: str | None,
+                 as_json: bool, verbose: bool = False) -> int:
+    """`approve` / `reject`: checked here (the batch waits, the user may decide), then run as the same job
+    a data engineer launches from the UI on the batch's partition."""
+    from patient_etl.publish.review import ReviewRefused, check_approver, check_decidable
+
+    batch = etl.registry().get(batch_id)
+    if batch is None:
+        raise UsageError(f"no batch {batch_id!r} in {etl.home_dir().registry}")
+    user = getpass.getuser()
+    try:
+        check_approver(etl, *dict.fromkeys([user, as_name or user]))
+        check_decidable(etl, batch, decision, reason)
+    except ReviewRefused as exc:
+        raise UsageError(str(exc)) from None
+    job = "approve_batch_job" if decision == "approve" else "reject_batch_job"
+    outcome = run_batch(batch_id, etl, job_name=job, verbose=verbose,
+                        publish={"decision": decision, "reason": reason, "decided_by": as_name or user})
+    review = outcome["review"]
+    ok = outcome["run_failure"] is None
+    if as_json:
+        print(json.dumps({**{k: outcome[k] for k in ("batch_id", "status", "counts", "results_file")},
+                          **{k: review.get(k) for k in ("decided_by", "decided_at", "changed_since_preview")},
+                          **({} if ok else {"error": outcome["run_failure"]})}))
+    elif ok:
+        _print_outcome(outcome, False)
+        print(f"  {review.get('decision')} by {review.get('decided_by')} at {review.get('decided_at')}")
+        changed = review.get("changed_since_preview")
+        if changed:
+            print("  changed since the preview: " + ", ".join(f"{k} {v}" for k, v in changed.items())
+                  + " (see since_preview in the results file)")
+    else:
+        print(f"patient-etl: {decision} of batch {batch_id} did not complete: {outcome['run_failure']}",
+              file=sys.stderr)
+    return 0 if ok else 1
 
 
 def run_ui(home: Home, port: int) -> int:
@@ -314,6 +367,7 @@ def main(argv: list[str] | None = None) -> int:
                                          "(default: detected from the header)")
     imp.add_argument("--json", action="store_true", help="print one JSON object")
     imp.add_argument("--verbose", action="store_true", help="show Dagster's log of the run")
+    imp.add_argument("--review", action="store_true", help="hold the batch for review: preview, publish nothing")
     lst = sub.add_parser("batches", help="list the batches of this home")
     lst.add_argument("--status", help="only batches with this status (e.g. Failed, \"Finished with Errors\")")
     lst.add_argument("--json", action="store_true")
@@ -327,6 +381,15 @@ def main(argv: list[str] | None = None) -> int:
     purge = sub.add_parser("purge", help="remove landed copies and staging of batches that ended DAYS ago")
     purge.add_argument("--older-than", type=float, required=True, metavar="DAYS")
     purge.add_argument("--json", action="store_true")
+    for name, help_text in (("approve", "publish a batch held for review (outcomes decided again)"),
+                            ("reject", "end a batch held for review as Rejected; nothing is published")):
+        decide = sub.add_parser(name, help=help_text)
+        decide.add_argument("batch")
+        if name == "reject":
+            decide.add_argument("--reason", required=True, help="why (sent to the partner in the results file)")
+        decide.add_argument("--as", dest="as_name", help="record this name as the decider (default: your user)")
+        decide.add_argument("--json", action="store_true")
+        decide.add_argument("--verbose", action="store_true")
     ui = sub.add_parser("ui", help="the Dagster UI and daemon on this home's instance, on 127.0.0.1")
     ui.add_argument("--port", type=int, default=3000)
     tpl = sub.add_parser("template", help="write the CSV template and its column notes")
@@ -360,11 +423,17 @@ def main(argv: list[str] | None = None) -> int:
                 raise UsageError(f"no batch {args.batch!r} in {etl.home_dir().registry}")
             if batch.purged_at:
                 raise UsageError(f"batch {args.batch}: {batch.purged_reason}")
+            if batch.status in ("Rejected", "Expired"):
+                raise UsageError(f"batch {args.batch} was {batch.status.lower()} in review and is never published; "
+                                 "a new upload of the file makes a new batch")
             return _print_outcome(run_batch(args.batch, etl, verbose=args.verbose), args.json)
+        if args.command in ("approve", "reject"):
+            return decide_batch(etl, args.batch, args.command, getattr(args, "reason", ""), args.as_name, args.json,
+                                args.verbose)
         if args.delimiter is not None and len(DELIMITERS.get(args.delimiter, args.delimiter)) != 1:
             raise UsageError(f"--delimiter is one character or one of {', '.join(DELIMITERS)}")
         outcome = import_batch(args.paths, etl, dry_run=args.dry_run, mapping=args.mapping, verbose=args.verbose,
-                               delimiter=args.delimiter)
+                               delimiter=args.delimiter, review=args.review)
         return _print_outcome(outcome, args.json)
     except (UsageError, KeyError, MappingError) as exc:
         print(f"patient-etl: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)

@@ -41,6 +41,12 @@ class PatientEtl(dg.ConfigurableResource):
     webhook_secret: str | None = None
     hash_key: str | None = None  # the secret of SSN hashes (PATIENT_ETL_HASH_KEY); production sets one
     retention_days: int = DEFAULT_RETENTION_DAYS
+    # Review before publish (publish/review.py): which batches are held, for how long, who decides.
+    review: str = "off"  # required: every batch; first: the first batch of each source; off
+    review_max_errored_percent: int | None = None  # hold a batch with more errored rows than this
+    review_max_updates: int | None = None  # hold a batch that would update more rows than this
+    review_expires_days: int = 14
+    approvers: str | None = None  # comma-separated names allowed to approve or reject
 
     def home_dir(self) -> Home:
         if self.home:
@@ -107,6 +113,11 @@ SETTINGS = {
     "max_compression_ratio": ("PATIENT_ETL_MAX_COMPRESSION_RATIO", True),
     "hash_key": ("PATIENT_ETL_HASH_KEY", False),
     "retention_days": ("PATIENT_ETL_RETENTION_DAYS", True),
+    "review": ("PATIENT_ETL_REVIEW", False),
+    "review_max_errored_percent": ("PATIENT_ETL_REVIEW_MAX_ERRORED_PERCENT", True),
+    "review_max_updates": ("PATIENT_ETL_REVIEW_MAX_UPDATES", True),
+    "review_expires_days": ("PATIENT_ETL_REVIEW_EXPIRES_DAYS", True),
+    "approvers": ("PATIENT_ETL_APPROVERS", False),
 }
 
 

@@ -52,6 +52,8 @@ def batch_row(batch: Batch, status: str, counts: dict[str, int], results_file: s
         "unchanged": counts.get("Unchanged", 0), "errored": counts.get("Errored", 0),
         "results_file": results_file, "registered_at": batch.registered_at, "finished_at": now,
         "run_id": run_id, "status_at": now,
+        "held_reason": batch.review.get("held"), "decided_by": batch.review.get("decided_by"),
+        "decided_at": batch.review.get("decided_at"),
     }
 
 
@@ -122,11 +124,13 @@ def write_csv(duck: duckdb.DuckDBPyConnection, query: str, tmp: Path) -> None:
     duck.execute(f"COPY ({query}) TO '{tmp}' (FORMAT csv, HEADER true)")
 
 
-def results_query(row_log: str, files: str) -> str:
+def results_query(row_log: str, files: str, extra: tuple[str, ...] = ()) -> str:
+    """`extra`: further columns of the row log, after the standard ones."""
+    more = "".join(f", {neutralize('r.' + c)} AS {c}" for c in extra)
     return f"""
         SELECT r.row_number, r.entity, {neutralize('r.external_id')} AS external_id, r.status,
                {neutralize('r.messages')} AS messages, {neutralize('f.name')} AS file,
-               r.changed_fields
+               r.changed_fields{more}
         FROM {row_log} r JOIN {files} f USING (file_index)
         ORDER BY r.file_index, r.row_number, r.entity
     """

@@ -1,23 +1,26 @@
-"""The nightly run: at midnight, every batch still pending is processed. The daily retention run: the
-landed copies and staging of batches that ended more than PATIENT_ETL_RETENTION_DAYS ago are removed."""
+"""The nightly run: at midnight, every batch still pending is processed, and every batch held for
+review longer than PATIENT_ETL_REVIEW_EXPIRES_DAYS ends Expired. The daily retention run: the landed
+copies and staging of batches that ended more than PATIENT_ETL_RETENTION_DAYS ago are removed."""
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 
 import dagster as dg
 
 from patient_etl.jobs import import_job
+from patient_etl.publish.review import expiry_requests
 from patient_etl.resources import PatientEtl
 
 DEFAULT_TIMEZONE = "UTC"
 
 
-def nightly_requests(etl: PatientEtl, night: str) -> list[dg.RunRequest]:
+def nightly_requests(etl: PatientEtl, night: str, now: dt.datetime | None = None) -> list[dg.RunRequest]:
     return [
         dg.RunRequest(partition_key=b.batch_id, run_key=f"nightly-{night}-{b.batch_id}", tags={"trigger": "nightly"})
         for b in etl.registry().pending()
-    ]
+    ] + expiry_requests(etl, night, now or dt.datetime.now(dt.UTC))
 
 
 def nightly_import_schedule_for(timezone: str) -> dg.ScheduleDefinition:
@@ -25,7 +28,7 @@ def nightly_import_schedule_for(timezone: str) -> dg.ScheduleDefinition:
                  name="nightly_import_schedule", default_status=dg.DefaultScheduleStatus.RUNNING)
     def nightly_import_schedule(context: dg.ScheduleEvaluationContext, etl: PatientEtl):
         night = context.scheduled_execution_time.date().isoformat()
-        requests = nightly_requests(etl, night)
+        requests = nightly_requests(etl, night, context.scheduled_execution_time)
         return requests or dg.SkipReason("no batch is pending")
 
     return nightly_import_schedule

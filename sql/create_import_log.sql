@@ -16,7 +16,10 @@ CREATE TABLE IF NOT EXISTS import_batch (
     registered_at TIMESTAMPTZ,
     finished_at TIMESTAMPTZ,
     run_id TEXT,
-    status_at TIMESTAMPTZ
+    status_at TIMESTAMPTZ,
+    held_reason TEXT,
+    decided_by TEXT,
+    decided_at TIMESTAMPTZ
 );
 
 CREATE TABLE IF NOT EXISTS import_row (

@@ -4,12 +4,15 @@ the results files."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from patient_etl import results
 from patient_etl.batches import Batch, Home
 from patient_etl.entities import ENTITIES
 from patient_etl.entities.spec import Entity
+from patient_etl.publish import review
 from patient_etl.publish.references import check_references
 from patient_etl.results import STATUSES, batch_row, results_base, utc_now
 from patient_etl.target import maybe_die_after_commit, maybe_die_before_commit, open_target
@@ -26,6 +29,8 @@ class PublishSummary:
     errors_files: list[str] = field(default_factory=list)
     by_entity: dict[str, dict[str, int]] = field(default_factory=dict)
     recovered_from: str | None = None  # the run whose committed outcome this is (it ended before recording it)
+    held: str | None = None  # held for review: why (nothing was written to the target)
+    changed_since_preview: dict[str, int] | None = None  # approval: outcomes that differ from the preview
 
 
 def publish_order(entities: list[Entity]) -> list[Entity]:
@@ -44,12 +49,15 @@ def publish_order(entities: list[Entity]) -> list[Entity]:
 
 
 def publish_batch(home: Home, batch: Batch, target_url: str, dry_run: bool = False,
-                  run_id: str | None = None) -> PublishSummary:
+                  run_id: str | None = None, hold: Callable[[dict[str, int]], str | None] | None = None,
+                  previewed: Path | None = None) -> PublishSummary:
     """Apply the batch and write its logs in one target transaction, then its results files.
 
     When the target holds a run of this batch whose end the registry never recorded (the process died
     right after the commit), nothing is applied again: that run's committed outcome is reported, and its
-    results files are written from the row log it committed.
+    results files are written from the row log it committed. `hold`, given the would-be counts, says why
+    to hold the batch for review (then it is previewed: rolled back like a dry run); `previewed`, at
+    approval, the preview's outcomes to compare with.
     """
     workspace = Workspace(home, batch.batch_id)
     present = workspace.staged_entities()
@@ -77,10 +85,18 @@ def publish_batch(home: Home, batch: Batch, target_url: str, dry_run: bool = Fal
                 counts = dict(duck.execute(f"SELECT status, count(*) FROM {ROW_LOG} GROUP BY status").fetchall())
                 counts = {s: counts.get(s, 0) for s in STATUSES}
                 status = "Finished with Errors" if counts["Errored"] else "Finished"
-                tmp, final = results.claim_name(home.results, results_base(batch, dry_run))
-                results.write_csv(duck, results.results_query(ROW_LOG, db.batch_files), tmp)
-                if dry_run:
+                held = None if dry_run or recovered or hold is None else hold(counts)
+                base = review.preview_base(batch) if held else results_base(batch, dry_run)
+                tmp, final = results.claim_name(home.results, base)
+                log, extra, changed = ROW_LOG, (), None
+                if previewed is not None:
+                    changed = review.compare_with_preview(duck, ROW_LOG, previewed)
+                    log, extra = review.REVIEWED_LOG, ("since_preview",)
+                results.write_csv(duck, results.results_query(log, db.batch_files, extra), tmp)
+                if dry_run or held:
                     transaction.rollback()
+                    if held:
+                        review.save_preview(duck, ROW_LOG, review.preview_outcomes(workspace))
                 elif not recovered:
                     target.write_logs(conn, duck, f"SELECT * FROM {ROW_LOG}",
                                       batch_row(batch, status, counts, final.name, run_id=run_id))
@@ -88,14 +104,15 @@ def publish_batch(home: Home, batch: Batch, target_url: str, dry_run: bool = Fal
                     transaction.commit()
                     maybe_die_after_commit()
             results_file = results.link_into_place(tmp, final)
-            errors_files = _write_errors_files(home, db, batch, dry_run)
+            errors_files = _write_errors_files(home, db, batch, "_dry-run" if dry_run else "_preview" if held else "")
             by_entity = {
                 e: dict(duck.execute(f"SELECT status, count(*) FROM {ROW_LOG} WHERE entity = ? GROUP BY status",
                                      [e]).fetchall())
                 for e in present
             }
         return PublishSummary(status, counts, str(results_file), errors_files, by_entity,
-                              recovered["run_id"] if recovered else None)
+                              recovered_from=recovered["run_id"] if recovered else None, held=held,
+                              changed_since_preview=changed)
     finally:
         target.dispose()
 
@@ -140,7 +157,7 @@ def _build_row_log(db: StageDb, batch_id: str, entities: list[Entity]) -> None:
     db.con.execute(f"CREATE OR REPLACE TABLE {ROW_LOG} AS " + " UNION ALL ".join(selects))
 
 
-def _write_errors_files(home: Home, db: StageDb, batch: Batch, dry_run: bool) -> list[str]:
+def _write_errors_files(home: Home, db: StageDb, batch: Batch, label: str) -> list[str]:
     written = []
     files = db.con.execute(
         f"SELECT f.file_index, f.name, f.entity FROM {db.batch_files} f WHERE EXISTS "
@@ -153,7 +170,6 @@ def _write_errors_files(home: Home, db: StageDb, batch: Batch, dry_run: bool) ->
             f"SELECT position, header, column_name FROM {db.header_map} WHERE file_index = ? ORDER BY position",
             [file_index],
         ).fetchall()
-        label = "_dry-run" if dry_run else ""
         base = f"{batch.received_on.isoformat()}_{results.safe_stem(name)}{label}_errors"
         tmp, final = results.claim_name(home.results, base)
         query = results.errors_query(db.raw(file_index), headers, ROW_LOG, file_index, entity=entity)

@@ -69,6 +69,8 @@ class Source(dg.ConfigurableResource):
     title: ClassVar[str] = ""
     delivers: ClassVar[bool] = False
 
+    review: str = "off"  # "required": every batch of this source is held for review before publish
+
     def not_configured(self) -> str | None:
         """Why this source cannot be used, or None when it can."""
         return None
@@ -87,6 +89,10 @@ class Source(dg.ConfigurableResource):
 
     def after_retiring(self, home: Home, batch: Batch) -> None:
         """Once every file of the batch is retired (a closed folder's manifest goes last)."""
+
+    def review_reason(self, home: Home, batch: Batch) -> str | None:
+        """Why this source's batch must be reviewed before publish, or None."""
+        return f"the {self.title} requires review" if self.review == "required" else None
 
     def deliver(self, local: Path, name: str) -> str:
         raise NotImplementedError(f"{self.title or self.kind} does not take results files back")

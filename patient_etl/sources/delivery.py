@@ -5,7 +5,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from patient_etl.batches import Batch, Registry
+from patient_etl.batches import AWAITING_APPROVAL, Batch, Registry
 from patient_etl.partitions import batches
 from patient_etl.resources import PatientEtl
 from patient_etl.sources.base import results_name
@@ -19,8 +19,8 @@ def deliver_results(registry: Registry, batch: Batch, sources: Sources, log=None
     With `log` (a failed batch's path) a delivery problem is a warning instead of an error.
     """
     source = sources.of_batch(batch)
-    if not source.delivers or batch.dry_run or not batch.results_file:
-        return None
+    if not source.delivers or batch.dry_run or not batch.results_file or batch.status == AWAITING_APPROVAL:
+        return None  # a held batch's preview is for the reviewer, not the partner
     delivered = batch.remote.setdefault("delivered", {})
     if batch.results_file not in delivered:
         try:
@@ -46,8 +46,9 @@ def delivered_results(context: dg.AssetExecutionContext, etl: PatientEtl, source
     its results in the home, and a dry run delivers nothing, so the partition shows no delivery."""
     registry = etl.registry()
     batch = registry.require(context.partition_key)
-    if not sources.of_batch(batch).delivers or batch.dry_run:
-        context.log.info(f"batch {batch.batch_id}: nothing to deliver ({'dry run' if batch.dry_run else batch.source})")
+    if not sources.of_batch(batch).delivers or batch.dry_run or batch.status == AWAITING_APPROVAL:
+        why = "dry run" if batch.dry_run else "held for review" if batch.status == AWAITING_APPROVAL else batch.source
+        context.log.info(f"batch {batch.batch_id}: nothing to deliver ({why})")
         return
     remote = deliver_results(registry, batch, sources)
     yield dg.MaterializeResult(metadata={"delivered": True, "remote_name": remote})

@@ -20,6 +20,7 @@ S3_ENV = {
     "bucket": "PATIENT_ETL_S3_BUCKET", "pending_prefix": "PATIENT_ETL_S3_PENDING_PREFIX",
     "results_prefix": "PATIENT_ETL_S3_RESULTS_PREFIX", "archive_prefix": "PATIENT_ETL_S3_ARCHIVE_PREFIX",
     "endpoint_url": "PATIENT_ETL_S3_ENDPOINT_URL", "after_landing": "PATIENT_ETL_S3_AFTER_LANDING",
+    "review": "PATIENT_ETL_S3_REVIEW",
 }
 
 
@@ -55,7 +56,8 @@ def sources_from_env(resolve: bool = False) -> Sources:
             return int(os.environ[variable]) if is_int else os.environ[variable]
         return dg.EnvVar.int(variable) if is_int else dg.EnvVar(variable)
 
-    settings: dict = {"sftp": PartnerSftp(server=sftp_server_from_env(resolve))}
+    sftp_review = {"review": value("PATIENT_ETL_SFTP_REVIEW")} if os.environ.get("PATIENT_ETL_SFTP_REVIEW") else {}
+    settings: dict = {"sftp": PartnerSftp(server=sftp_server_from_env(resolve), **sftp_review)}
     if "PATIENT_ETL_QUIET_SECONDS" in os.environ:
         settings["quiet_seconds"] = value("PATIENT_ETL_QUIET_SECONDS", is_int=True)
     if os.environ.get("PATIENT_ETL_S3_BUCKET"):

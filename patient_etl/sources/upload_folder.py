@@ -3,6 +3,7 @@
 The upload folder offers plain files and zips; folders closed by a manifest (`_READY`,
 `manifest.json` or `MANIFEST`), each one batch; and the same inside sub-folders named after a saved
 mapping template, which then applies (`inbox/synthea/export.zip` is imported with `synthea`).
+Everything under `inbox/review/` (templates' sub-folders too) is held for review before publish.
 A landed file is removed from the inbox: its archived copy is the one the pipeline keeps.
 """
 
@@ -26,6 +27,7 @@ from patient_etl.sources.base import (
 )
 
 MANIFESTS = ("_READY", "manifest.json", "MANIFEST")
+REVIEW_FOLDER = "review"
 
 
 class LocalFiles(Source):
@@ -57,7 +59,13 @@ class UploadFolder(LocalFiles):
     title = "upload folder"
 
     def list_pending(self, home: Home) -> list[Pending]:
-        return list(_scan(home.inbox, None, set(saved_mapping_names())))
+        templates = set(saved_mapping_names())
+        return [*_scan(home.inbox, None, templates), *_scan(home.inbox / REVIEW_FOLDER, None, templates, "review/")]
+
+    def review_reason(self, home: Home, batch: Batch) -> str | None:
+        if Path(batch.files[0].location).is_relative_to(home.inbox / REVIEW_FOLDER):
+            return f"it was dropped into the upload folder's {REVIEW_FOLDER}/ sub-folder"
+        return super().review_reason(home, batch)
 
     def retire(self, home: Home, file: SourceFile) -> None:
         Path(file.location).unlink(missing_ok=True)
@@ -65,15 +73,16 @@ class UploadFolder(LocalFiles):
 
     def after_retiring(self, home: Home, batch: Batch) -> None:
         folder = Path(batch.files[0].location).parent
-        template_folder = folder.parent == home.inbox and folder.name in saved_mapping_names()
-        if folder != home.inbox and not template_folder:
+        roots = (home.inbox, home.inbox / REVIEW_FOLDER)
+        template_folder = folder.parent in roots and folder.name in saved_mapping_names()
+        if folder not in roots and not template_folder:
             for manifest in MANIFESTS:  # a closed folder goes with its files
                 (folder / manifest).unlink(missing_ok=True)
             with contextlib.suppress(OSError):
                 folder.rmdir()
 
 
-def _scan(folder: Path, mapping: str | None, templates: set[str]) -> Iterator[Pending]:
+def _scan(folder: Path, mapping: str | None, templates: set[str], under: str = "") -> Iterator[Pending]:
     try:
         entries = sorted(os.scandir(folder), key=lambda e: e.name)
     except FileNotFoundError:
@@ -82,7 +91,7 @@ def _scan(folder: Path, mapping: str | None, templates: set[str]) -> Iterator[Pe
     for entry in entries:
         if not is_candidate(entry.name):
             continue
-        label = f"{mapping}/{entry.name}" if mapping else entry.name
+        label = under + (f"{mapping}/{entry.name}" if mapping else entry.name)
         if entry.is_file(follow_symlinks=False):
             stat = entry.stat(follow_symlinks=False)
             file = SourceFile(entry.name, entry.path, stat.st_size, stat.st_mtime_ns)
@@ -96,7 +105,7 @@ def _scan(folder: Path, mapping: str | None, templates: set[str]) -> Iterator[Pe
                 if closed is not None:
                     yield closed
             elif mapping is None and entry.name in templates:
-                yield from _scan(Path(entry.path), entry.name, templates)
+                yield from _scan(Path(entry.path), entry.name, templates, under)
 
 
 def _closed_folder(entry: os.DirEntry, label: str, manifest: str, mapping: str | None) -> Pending | None:

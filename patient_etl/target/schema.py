@@ -82,6 +82,8 @@ IMPORT_BATCH = Table("import_batch", (
     Column("batch_id", "text"), Column("source", "text", not_null=True), Column("file_names", "text", not_null=True),
     Column("sha256", "text"), *_OUTCOME, Column("registered_at", "timestamp"), Column("finished_at", "timestamp"),
     Column("run_id", "text"), Column("status_at", "timestamp"),
+    # Review before publish: why the batch was held, who approved or rejected it and when.
+    Column("held_reason", "text"), Column("decided_by", "text"), Column("decided_at", "timestamp"),
 ), ("batch_id",))
 
 # The latest run's row log of each batch (what `import_row` always held); history is in import_run_row.
