@@ -146,3 +146,28 @@ def test_definitions_take_sftp_settings_from_the_environment(monkeypatch, sshd_s
             second = sensor(context)
     assert len(second.run_requests) == 1
     assert PatientEtl(home=str(home)).registry().require(second.run_requests[0].partition_key).source == "sftp"
+
+
+def test_a_publish_failure_answers_the_partner_through_the_failure_path(instance, home, partner,
+                                                                        sshd_server):  # noqa: F811
+    """The target is down: the run fails after staging, and the run-failure sensor (the daemon's side
+    of the one failure path) ends the batch Failed and puts its results file in the partner's folder."""
+    from patient_etl.failure import batch_failure_sensor
+
+    etl = PatientEtl(home=str(home), target_url="postgresql://postgres@127.0.0.1:9/nowhere")
+    (sshd_server.pending / "roster.csv").write_text(ROSTER)
+    (request,) = tick(instance, etl, partner, tick(instance, etl, partner).cursor).run_requests
+    result = run(instance, etl, partner, request.partition_key, deliver=False)
+    assert not result.success
+    assert not list(sshd_server.results.iterdir()), "nothing answered yet: the sensor ends the batch"
+    failure = next(e for e in result.all_events if e.event_type == dg.DagsterEventType.RUN_FAILURE)
+    with dg.build_run_status_sensor_context(sensor_name="batch_failure_sensor", dagster_instance=instance,
+                                           dagster_run=result.dagster_run, dagster_event=failure,
+                                           resources={"etl": etl, "sources": Sources(sftp=partner)}) as context:
+        batch_failure_sensor(context.for_run_failure())
+    batch = Registry(etl.home_dir()).require(request.partition_key)
+    assert batch.status == "Failed" and batch.failure == "run" and "publishing failed" in batch.reason
+    (answer,) = sshd_server.results.iterdir()
+    assert answer.name == f"{batch.received_on.isoformat()}_roster_results.csv"
+    text = answer.read_text()
+    assert "Failed" in text and "publishing failed" in text and "Ann" not in text
