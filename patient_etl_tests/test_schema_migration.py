@@ -68,7 +68,8 @@ def test_previous_release_target_is_migrated_by_the_next_import(tmp_path, run_im
     applied = query(url, "SELECT description, statement FROM schema_migration ORDER BY id")
     assert [d for d, _ in applied] == [
         "create table schema_migration", "add column import_batch.run_id", "add column import_batch.status_at",
-        "add column import_row.run_id", "create table import_run", "create index import_run_batch on import_run",
+        "add column import_batch.held_reason", "add column import_batch.decided_by",
+        "add column import_batch.decided_at", "add column import_row.run_id", "create table import_run", "create index import_run_batch on import_run",
         "create table import_run_row", "add column member.relationship", "add column member.ssn_hash"]
     assert "ALTER TABLE member ADD COLUMN relationship TEXT" in dict(applied)["add column member.relationship"]
 

@@ -99,7 +99,9 @@ def test_a_previous_release_target_gains_the_missing_column_and_keeps_its_rows(t
     with target.begin() as conn:
         applied = [m.description for m in target.migrate(conn, list(ENTITIES.values()))]
     assert applied == ["create table schema_migration", "add column import_batch.run_id",
-                       "add column import_batch.status_at", "add column import_row.run_id", "create table import_run",
+                       "add column import_batch.status_at",
+        "add column import_batch.held_reason", "add column import_batch.decided_by",
+        "add column import_batch.decided_at", "add column import_row.run_id", "create table import_run",
                        "create index import_run_batch on import_run", "create table import_run_row",
                        "add column member.relationship", "add column member.ssn_hash",
                        "create index member_match_key on member"]
