@@ -284,7 +284,16 @@ _IN_PROCESS = re.compile(r"Finished steps in process \(pid: \d+\) in ([0-9.]+)(m
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0}
 
 
-def step_durations(stderr: str) -> tuple[dict[str, float], float | None]:
+def step_durations(stderr: str, home: Path | None = None, run_id: str | None = None
+                   ) -> tuple[dict[str, float], float | None]:
+    """Per-step seconds: from the home's Dagster instance (the CLI is quiet), else from logged lines."""
+    if home is not None and run_id and (home / "dagster" / "dagster.yaml").exists():
+        import dagster as dg
+
+        with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:
+            stats = instance.get_run_step_stats(run_id)
+        steps = {s.step_key: s.end_time - s.start_time for s in stats if s.end_time and s.start_time}
+        return steps, (sum(steps.values()) if steps else None)
     steps = {name: float(v) * _UNITS[u] for name, v, u in _DURATION.findall(stderr)}
     total = _IN_PROCESS.search(stderr)
     return steps, (float(total.group(1)) * _UNITS[total.group(2)] if total else None)
@@ -354,7 +363,7 @@ def one_import(path: Path, rows: int, target: str, label: str, home: Path, db: s
     url = PG_TARGET.format(db=db) if db else None
     log = logs / f"import_{rows}_{target}_{label.replace(' ', '').replace('#', '')}.log"
     wall, rc, outcome, maxrss, tree, stderr = run_import(path, home, url, log, profile)
-    steps, total = step_durations(stderr)
+    steps, total = step_durations(stderr, home, (outcome or {}).get("run_id"))
     run = Run(rows, target, label, wall, rc, outcome, maxrss, tree, steps, total, str(log))
     counts = (outcome or {}).get("counts", {})
     print(f"  {target:8} {rows:>9,} {label:10} rc={rc} wall={wall:6.1f}s peak={run.peak_mb:6.0f} MB "

@@ -14,13 +14,15 @@ from dataclasses import dataclass, field
 
 import duckdb
 import pandas as pd
+import pyarrow as pa
 
 from patient_etl.duck import first_row, scalar
 from patient_etl.entities.spec import MESSAGES_HEADERS, Entity, match_key_sql
-from patient_etl.quality.suites import group_indexes, rules_for, validate
+from patient_etl.quality.suites import Rule, RuleGroup, columns_read, group_indexes, rules_for, validate
 from patient_etl.workspace import StageDb, checked_number, checked_value
 
-CHUNK_ROWS = 1_000_000  # per-validation overhead is fixed; ~350 MB of Arrow-backed frame at 1M rows
+CHUNK_ROWS = 1_000_000  # distinct values per validation: its overhead is fixed; ~350 MB of frame at 1M
+VALUE_ID = "value_id"  # in a rule group's frame, the number of a distinct combination of its raw columns
 _META = ("rid", "file_index", "row_number", "extra", "width_error")
 
 
@@ -38,36 +40,108 @@ def staged_columns(con: duckdb.DuckDBPyConnection, table: str) -> list[str]:
     return [n for n in names if n not in _META]
 
 
-def _checked_select(entity: Entity, present: list[str]) -> tuple[str, list[str]]:
+def _checked_select(entity: Entity, present: list[str]) -> tuple[str, dict[str, str]]:
+    """The checked table's select list, and for each column a rule can read, the raw column it is
+    computed from (the raw text itself, its candidate value, its numeric view)."""
     by_name = {c.name: c for c in entity.columns()}
     wanted = list(present)
     for group, index in group_indexes(entity, present):
         wanted += [c for f in group.fields if (c := group.column(f.name, index)) not in wanted]
     parts = ["rid", "file_index", "row_number", "extra", "width_error"]
+    source: dict[str, str] = {}
     for name in wanted:
         kind = by_name[name].field.kind
         raw = name if name in present else "CAST(NULL AS VARCHAR)"
         value = kind.value_sql.format(v=raw)
         parts += [f"{raw} AS {name}", f"{value} AS {checked_value(name)}"]
+        source[name] = source[checked_value(name)] = name
         if kind.number_sql:
             parts.append(f"{kind.number_sql.format(value=value)} AS {checked_number(name)}")
-    frame_columns = [p.rsplit(" AS ", 1)[-1] for p in parts[5:]]
-    return ", ".join(parts), frame_columns
+            source[checked_number(name)] = name
+    return ", ".join(parts), source
 
 
-def _frames(con: duckdb.DuckDBPyConnection, table: str, columns: list[str]) -> Iterator[pd.DataFrame]:
-    reader = con.cursor().sql(
-        f"SELECT rid, {', '.join(columns)} FROM {table} WHERE width_error IS NULL ORDER BY rid"
-    ).to_arrow_reader(CHUNK_ROWS)
-    for batch in reader:
-        yield batch.to_pandas(types_mapper=pd.ArrowDtype)
+def rule_groups(rules: list[Rule], source: dict[str, str]) -> list[tuple[tuple[str, ...], RuleGroup]]:
+    """Rules grouped by the raw columns their verdicts depend on: every column a rule reads is a
+    function of one raw column, so a group's rules can be checked on its raw columns' distinct values."""
+    by_raw: dict[tuple[str, ...], RuleGroup] = {}
+    for i, rule in enumerate(rules):
+        read = columns_read(rule)
+        raw = tuple(sorted({source[c] for c in read}))
+        group = by_raw.setdefault(raw, RuleGroup((), []))
+        group.columns = tuple(dict.fromkeys([*group.columns, *read]))
+        group.rules.append(i)
+    return list(by_raw.items())
+
+
+def _to_pandas(batch) -> pd.DataFrame:
+    # Text stays Arrow-backed (no Python strings); numbers become numpy, the dtype GX vectorizes ranges on.
+    return batch.to_pandas(types_mapper=lambda t: pd.ArrowDtype(t) if pa.types.is_string(t)
+                           or pa.types.is_large_string(t) else None)
+
+
+@dataclass
+class _GroupFrames:
+    """Where one rule group's frames come from: the distinct combinations of its raw columns,
+    numbered into `table`, or, when most rows are distinct anyway, the rows (numbered by rid)."""
+
+    raw: tuple[str, ...]
+    group: RuleGroup
+    table: str | None
+
+    def prepare(self, con: duckdb.DuckDBPyConnection, checked: str) -> None:
+        if self.table:
+            columns = ", ".join(dict.fromkeys([*self.raw, *self.group.columns]))
+            con.execute(f"CREATE OR REPLACE TABLE {self.table} AS SELECT row_number() OVER () AS {VALUE_ID}, * "
+                        f"FROM (SELECT DISTINCT {columns} FROM {checked} WHERE width_error IS NULL)")
+
+    def frames(self, con: duckdb.DuckDBPyConnection, checked: str) -> Iterator[pd.DataFrame]:
+        """The group's frames, in chunks of at most CHUNK_ROWS."""
+        columns = ", ".join(self.group.columns)
+        query = (f"SELECT {VALUE_ID}, {columns} FROM {self.table}" if self.table
+                 else f"SELECT rid AS {VALUE_ID}, {columns} FROM {checked} WHERE width_error IS NULL")
+        pending, size = [], 0
+        for batch in con.cursor().sql(query).to_arrow_reader(CHUNK_ROWS):
+            pending.append(batch)
+            size += batch.num_rows
+            if size >= CHUNK_ROWS:
+                yield _to_pandas(pa.Table.from_batches(pending))
+                pending, size = [], 0
+        if pending:
+            yield _to_pandas(pa.Table.from_batches(pending))
+
+    def failing_rows_sql(self, checked: str, verdicts: str) -> str:
+        """`rid, rule` of every row whose values failed a rule; `verdicts` holds (rule, value id)."""
+        if not self.table:
+            return f"SELECT {VALUE_ID} AS rid, rule FROM {verdicts}"
+        same = " AND ".join(f"c.{r} IS NOT DISTINCT FROM v.{r}" for r in self.raw)
+        return (f"SELECT c.rid, v.rule FROM (SELECT t.*, f.rule FROM {self.table} t JOIN {verdicts} f "
+                f"USING ({VALUE_ID})) v JOIN {checked} c ON {same} WHERE c.width_error IS NULL")
+
+    def drop(self, con: duckdb.DuckDBPyConnection) -> None:
+        if self.table:
+            con.execute(f"DROP TABLE IF EXISTS {self.table}")
+
+
+def _plan_frames(con: duckdb.DuckDBPyConnection, checked: str,
+                 grouped: list[tuple[tuple[str, ...], RuleGroup]]) -> list[_GroupFrames]:
+    """Distinct values for the groups where they are at most half the rows (one scan estimates all)."""
+    estimates = ", ".join(f"approx_count_distinct(hash({', '.join(raw)}))" for raw, _ in grouped)
+    rows, *distinct = first_row(con, f"SELECT count(*), {estimates} FROM {checked} WHERE width_error IS NULL")
+    return [_GroupFrames(raw, group, f"check_values_{g}" if 2 * (n or 0) <= rows else None)
+            for g, ((raw, group), n) in enumerate(zip(grouped, distinct, strict=True))]
 
 
 def run_row_checks(db: StageDb, entity: Entity, relaxed: frozenset[str] = frozenset()) -> CheckSummary:
-    """`db` is the batch's checks database."""
+    """`db` is the batch's checks database.
+
+    A rule's verdict depends only on the values it reads, and each of those is computed from one
+    raw column: so a group of rules runs once per distinct combination of its raw columns (32 first
+    names instead of 1M rows), and the failing combinations are joined back to their rows.
+    """
     con, staged_table, messages = db.con, db.staged(entity.name), db.row_messages
     present = staged_columns(con, staged_table)
-    select, frame_columns = _checked_select(entity, present)
+    select, source = _checked_select(entity, present)
     checked = db.checked(entity.name)
     con.execute(f"CREATE OR REPLACE TABLE {checked} AS SELECT {select} FROM {staged_table}")
     con.execute(
@@ -77,16 +151,39 @@ def run_row_checks(db: StageDb, entity: Entity, relaxed: frozenset[str] = frozen
     summary = CheckSummary(entity.name, scalar(con, f"SELECT count(*) FROM {checked}"))
 
     rules = rules_for(entity, present, relaxed)
-    for index, rids in validate(_frames(con, checked, frame_columns), rules, entity.name):
-        rule = rules[index]
-        summary.failures_by_rule[f"{rule.label} {rule.message}"] += len(rids)
-        failing = pd.DataFrame({"rid": pd.array(rids, dtype="int64")})
-        con.register("failing", failing)
-        con.execute(
-            f"INSERT INTO {messages} SELECT ?, rid, ?, ?, ?, ? FROM failing",
-            [entity.name, rule.severity, rule.label, rule.message, index],
-        )
-        con.unregister("failing")
+    plans = _plan_frames(con, checked, rule_groups(rules, source)) if rules else []
+    try:
+        for plan in plans:
+            plan.prepare(con, checked)
+        failing: dict[int, list[tuple[int, list[int]]]] = {}
+        for g, index, ids in validate([p.group for p in plans], lambda g: plans[g].frames(con, checked), rules,
+                                      entity.name, VALUE_ID):
+            failing.setdefault(g, []).append((index, ids))
+        verdict_rules = pd.DataFrame({"rule": pd.array(range(len(rules)), dtype="int64"),
+                                      "severity": [r.severity for r in rules], "label": [r.label for r in rules],
+                                      "message": [r.message for r in rules]})
+        con.register("verdict_rules", verdict_rules)
+        for g, found in failing.items():
+            verdicts = pd.DataFrame({
+                "rule": pd.array([index for index, ids in found for _ in ids], dtype="int64"),
+                VALUE_ID: pd.array([i for _, ids in found for i in ids], dtype="int64"),
+            })
+            con.register("verdicts", verdicts)
+            con.execute(
+                f"""INSERT INTO {messages}
+                    SELECT ?, f.rid, m.severity, m.label, m.message, m.rule
+                    FROM ({plans[g].failing_rows_sql(checked, "verdicts")}) f JOIN verdict_rules m USING (rule)""",
+                [entity.name],
+            )
+            con.unregister("verdicts")
+        con.unregister("verdict_rules")
+    finally:
+        for plan in plans:
+            plan.drop(con)
+    for rule_index, rows in con.execute(
+            f"SELECT rule, count(*) FROM {messages} WHERE entity = ? GROUP BY rule", [entity.name]).fetchall():
+        rule = rules[rule_index]
+        summary.failures_by_rule[f"{rule.label} {rule.message}"] += rows
 
     _cross_row_checks(db, entity, present, len(rules))
     outcome = db.outcome(entity.name)

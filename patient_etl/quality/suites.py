@@ -7,9 +7,11 @@ as row ids only (GX also returns the failing values, which are PHI and are dropp
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cache
 
@@ -21,8 +23,43 @@ from patient_etl.workspace import checked_number, checked_value
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 
+
+def _import_gx_lean() -> None:
+    """Import GX without what it loads for features we never use, ~1 s of the ~3 s it costs.
+
+    GX imports pyspark when installed (the linkage's Spark engine installs it) to accept Spark
+    frames; we give it pandas frames only, so pyspark is hidden while GX imports (it is importable
+    again after). scipy.stats (0.6 s) serves one distribution expectation: it is bound lazily,
+    loaded on first use.
+    """
+    hide = "pyspark" not in sys.modules
+    if hide:
+        sys.modules["pyspark"] = None  # an import of it raises ImportError: GX takes it as absent
+    try:
+        if "scipy.stats" not in sys.modules and importlib.util.find_spec("scipy") is not None:
+            import scipy
+
+            spec = importlib.util.find_spec("scipy.stats")
+            spec.loader = importlib.util.LazyLoader(spec.loader)
+            stats = importlib.util.module_from_spec(spec)
+            sys.modules["scipy.stats"] = stats
+            spec.loader.exec_module(stats)
+            scipy.stats = stats  # `from scipy import stats` takes the attribute, without loading it
+        import great_expectations  # noqa: F401
+    finally:
+        if hide and sys.modules.get("pyspark", 0) is None:
+            del sys.modules["pyspark"]
+
+
+_import_gx_lean()
+
 import great_expectations as gx  # noqa: E402
 import great_expectations.expectations as gxe  # noqa: E402
+from great_expectations.execution_engine import pandas_execution_engine  # noqa: E402
+
+# GX fingerprints every frame under 1 GB (an md5 of pandas' hash of each cell) only to label the batch
+# in results we discard; at 1M rows that hashing costs as much as the checks.
+pandas_execution_engine.HASH_THRESHOLD = 0
 
 _EXPECTATIONS = {
     "not_null": gxe.ExpectColumnValuesToNotBeNull,
@@ -109,9 +146,9 @@ def _context():
 
 _runs = iter(range(1, 1 << 62))
 
-# Failing row ids only: GX then returns them as one list instead of a dict per row with its value,
+# Failing ids only: GX then returns them as one list instead of a dict per row with its value,
 # which is both PHI and, at 100k failing rows, most of the validation time.
-RESULT_FORMAT = {"result_format": "COMPLETE", "unexpected_index_column_names": ["rid"],
+RESULT_FORMAT = {"result_format": "COMPLETE",
                  "return_unexpected_index_query": False, "partial_unexpected_count": 0,
                  "exclude_unexpected_values": True}
 
@@ -122,48 +159,56 @@ def columns_read(rule: Rule) -> tuple[str, ...]:
     return tuple(sorted({rule.column, *conditions, *pair}))
 
 
-def _failing_rids(result: dict) -> list[int]:
-    rids: list[int] = []
+def _failing_ids(result: dict, index_column: str) -> list[int]:
+    ids: list[int] = []
     for item in result.get("unexpected_index_list") or []:
-        value = item["rid"]
-        rids.extend(int(v) for v in value) if isinstance(value, list) else rids.append(int(value))
-    return rids
+        value = item[index_column]
+        ids.extend(int(v) for v in value) if isinstance(value, list) else ids.append(int(value))
+    return ids
 
 
-def validate(frames: Iterator[pd.DataFrame], rules: list[Rule], suite_name: str) -> Iterator[tuple[int, list[int]]]:
-    """Run the suite over each frame; yield (rule index, failing row ids) for every failing rule.
+@dataclass
+class RuleGroup:
+    """Rules that read the same frame: `columns` (besides the index column) and the rules' indexes."""
 
-    Rules run in groups by the columns they read, each on a frame of just those columns: GX's
-    pandas engine copies the whole frame it filters for every metric, so narrow frames are ~10x faster.
+    columns: tuple[str, ...]
+    rules: list[int]
+
+
+def validate(groups: list[RuleGroup], frames: Callable[[int], Iterator[pd.DataFrame]], rules: list[Rule],
+             suite_name: str, index_column: str) -> Iterator[tuple[int, int, list[int]]]:
+    """Run each group's suite over its frames; yield (group position, rule
+    index, failing ids) for every failing rule. `frames(g)` gives group g's frames: each holds
+    `index_column` and the group's columns.
+
+    Each group's frame is only as wide as its rules read: GX's pandas engine copies the whole frame
+    it filters for every metric, so narrow frames are ~10x faster.
     """
     context = _context()
     run = next(_runs)
     source = context.data_sources.add_pandas(f"{suite_name}-{run}")
-    groups: dict[tuple[str, ...], list[int]] = {}
-    for i, rule in enumerate(rules):
-        groups.setdefault(columns_read(rule), []).append(i)
     definitions = []
-    for g, (columns, members) in enumerate(groups.items()):
-        name = f"{suite_name}-{run}-{g}"
-        batch_definition = source.add_dataframe_asset(name).add_batch_definition_whole_dataframe("all")
-        suite = context.suites.add(gx.ExpectationSuite(
-            name=name, expectations=[rules[i].expectation(i) for i in members]))
-        definition = context.validation_definitions.add(
-            gx.ValidationDefinition(name=name, data=batch_definition, suite=suite))
-        definitions.append((["rid", *columns], definition))
     try:
-        for frame in frames:
-            for columns, definition in definitions:
-                result = definition.run(batch_parameters={"dataframe": frame[columns]}, result_format=RESULT_FORMAT)
+        for g, group in enumerate(groups):
+            name = f"{suite_name}-{run}-{g}"
+            batch_definition = source.add_dataframe_asset(name).add_batch_definition_whole_dataframe("all")
+            suite = context.suites.add(gx.ExpectationSuite(
+                name=name, expectations=[rules[i].expectation(i) for i in group.rules]))
+            definition = context.validation_definitions.add(
+                gx.ValidationDefinition(name=name, data=batch_definition, suite=suite))
+            definitions.append(definition)
+            result_format = {**RESULT_FORMAT, "unexpected_index_column_names": [index_column]}
+            for frame in frames(g):
+                result = definition.run(batch_parameters={"dataframe": frame}, result_format=result_format)
                 for outcome in result.results:
                     index = outcome.expectation_config.meta["rule"]
                     if outcome.success:
                         continue
                     if "unexpected_index_list" not in (outcome.result or {}):
                         raise RuntimeError(f"row check {rules[index].kind} on {rules[index].label} could not run")
-                    yield index, _failing_rids(outcome.result)
+                    yield g, index, _failing_ids(outcome.result, index_column)
     finally:
-        for _, definition in definitions:
+        for definition in definitions:
             context.validation_definitions.delete(definition.name)
             context.suites.delete(definition.suite.name)
         context.data_sources.delete(source.name)
