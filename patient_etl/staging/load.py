@@ -714,7 +714,13 @@ def _union_entity(db: StageDb, entity: Entity, files: list[StagedFile],
             f"{_width_message(width)} "
             f"FROM {db.rejected(i)} x"
         )
-    db.con.execute(f"CREATE TABLE {db.staged(entity.name)} AS " + " UNION ALL ".join(selects) + " ORDER BY rid")
+    # A view: row checks read it once, so the mapped cells are computed in that one pass instead of
+    # being written as a third copy of the file. A wide file's cells come from this session's
+    # temporary tables, so its rows are written out.
+    # Rows come in file order, each file's rows of the wrong width after its others: every reader that
+    # needs an order says so (ORDER BY rid), as a sort here would cost a pass over every column.
+    kind = "TABLE" if any(len(f.header.headers) > _WIDE for f in files) else "VIEW"
+    db.con.execute(f"CREATE {kind} {db.staged(entity.name)} AS " + " UNION ALL ".join(selects))
 
 
 def _wide_cells(db: StageDb, f: StagedFile) -> str:
