@@ -134,3 +134,13 @@ def patient_etl_from_env(resolve: bool = False) -> PatientEtl:
         else:
             env[name] = dg.EnvVar.int(variable) if is_int else dg.EnvVar(variable)
     return PatientEtl(**env)
+
+
+def retry_policy(max_retries: int, delay: float, backoff: bool = False) -> dg.RetryPolicy:
+    """A step's retries. `PATIENT_ETL_RETRY_DELAY_SCALE` (default 1), read when the code location
+    loads, scales every delay: the test suite need not sleep through a minute of retry ladder."""
+    scale = float(os.environ.get("PATIENT_ETL_RETRY_DELAY_SCALE", "1"))
+    if backoff:
+        return dg.RetryPolicy(max_retries=max_retries, delay=delay * scale, backoff=dg.Backoff.EXPONENTIAL,
+                              jitter=dg.Jitter.PLUS_MINUS)
+    return dg.RetryPolicy(max_retries=max_retries, delay=delay * scale)

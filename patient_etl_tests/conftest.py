@@ -7,13 +7,17 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import dagster as dg
-import psycopg
-import pytest
-import sqlalchemy as sa
+# Retries are exercised with their delays scaled down (read when the code location loads, so before
+# patient_etl is imported): a failed landing's ladder is 5+10+20 s in production, 0.25 s here.
+os.environ.setdefault("PATIENT_ETL_RETRY_DELAY_SCALE", "0.01")
 
-from patient_etl.cli import import_batch
-from patient_etl.resources import PatientEtl
+import dagster as dg  # noqa: E402
+import psycopg  # noqa: E402
+import pytest  # noqa: E402
+import sqlalchemy as sa  # noqa: E402
+
+from patient_etl.cli import import_batch  # noqa: E402
+from patient_etl.resources import PatientEtl  # noqa: E402
 
 DATA = Path(__file__).parent / "data"
 PG_ADMIN_URL = os.environ.get("PATIENT_ETL_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")

@@ -8,7 +8,7 @@ from patient_etl.failure import fail_batch
 from patient_etl.partitions import batches
 from patient_etl.publish import review
 from patient_etl.publish.batch import publish_batch
-from patient_etl.resources import PatientEtl
+from patient_etl.resources import PatientEtl, retry_policy
 from patient_etl.sources import Sources
 from patient_etl.target import TargetSchemaError, safe_url
 
@@ -22,7 +22,7 @@ class PublishConfig(dg.Config):
 
 
 @dg.asset(partitions_def=batches, group_name="publish", deps=[dg.AssetKey(name) for name in ENTITIES],
-          retry_policy=dg.RetryPolicy(max_retries=2, delay=2))
+          retry_policy=retry_policy(2, delay=2))
 def published_batch(context: dg.AssetExecutionContext, config: PublishConfig, etl: PatientEtl,
                     sources: Sources) -> dg.MaterializeResult:
     """The batch applied to the target in one transaction, with its results file and row log."""

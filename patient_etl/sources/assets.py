@@ -4,7 +4,7 @@ import dagster as dg
 
 from patient_etl.errors import phi_safe
 from patient_etl.partitions import batches
-from patient_etl.resources import PatientEtl
+from patient_etl.resources import PatientEtl, retry_policy
 from patient_etl.sources.base import CHANGED_REASON, SourceChanged, sha256_of
 from patient_etl.sources.landing import land_batch
 from patient_etl.sources.resources import Sources
@@ -13,7 +13,7 @@ from patient_etl.sources.resources import Sources
 @dg.asset(
     partitions_def=batches,
     group_name="ingest",
-    retry_policy=dg.RetryPolicy(max_retries=3, delay=5, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS),
+    retry_policy=retry_policy(3, delay=5, backoff=True),
 )
 def landed_batch(context: dg.AssetExecutionContext, etl: PatientEtl, sources: Sources) -> dg.MaterializeResult:
     """The batch's raw files, copied into the archive with their sha256 and size."""

@@ -7,7 +7,7 @@ import dagster as dg
 
 from patient_etl.batches import AWAITING_APPROVAL, Batch, Registry
 from patient_etl.partitions import batches
-from patient_etl.resources import PatientEtl
+from patient_etl.resources import PatientEtl, retry_policy
 from patient_etl.sources.base import results_name
 from patient_etl.sources.resources import Sources
 
@@ -37,8 +37,7 @@ def deliver_results(registry: Registry, batch: Batch, sources: Sources, log=None
 
 @dg.asset(partitions_def=batches, group_name="publish", deps=[dg.AssetKey("published_batch")],
           output_required=False,
-          retry_policy=dg.RetryPolicy(max_retries=4, delay=15, backoff=dg.Backoff.EXPONENTIAL,
-                                      jitter=dg.Jitter.PLUS_MINUS))
+          retry_policy=retry_policy(4, delay=15, backoff=True))
 def delivered_results(context: dg.AssetExecutionContext, etl: PatientEtl, sources: Sources):
     """The results file back where the partner looks (sources that deliver: SFTP, object store).
 
