@@ -641,6 +641,53 @@ def profile_report(prof: Path, top: int = 30) -> str:
 
 # -- main -------------------------------------------------------------------------------------------------
 
+def dlt_child(path: Path, db: str, work: Path) -> int:
+    """dlt's merge load of the roster into PostgreSQL, as its documentation writes one: the file read
+    as Arrow batches (all text), merged on the patient ID. It validates nothing; for comparison only."""
+    import dlt
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    names = HEADER.split(",")
+
+    def roster():
+        options = pacsv.ConvertOptions(column_types={n: pa.string() for n in names}, strings_can_be_null=True)
+        reader = pacsv.open_csv(path, convert_options=options, read_options=pacsv.ReadOptions(block_size=8 << 20))
+        yield from reader
+
+    resource = dlt.resource(roster, name="member", write_disposition="merge", primary_key="patient_id")
+    url = PG_TARGET.format(db=db)
+    if "@" in url and ":" not in url.split("://", 1)[1].split("@", 1)[0]:
+        url = url.replace("@", ":unused@", 1)  # dlt insists on a password; a trust-auth server ignores it
+    pipeline = dlt.pipeline("roster_bench", destination=dlt.destinations.postgres(url),
+                            dataset_name="roster", pipelines_dir=str(work))
+    info = pipeline.run(resource)
+    with pipeline.sql_client() as client:
+        rows = client.execute_sql("SELECT count(*) FROM member")[0][0]
+    print(json.dumps({"loads": len(info.loads_ids), "rows_in_target": rows}))
+    return 0
+
+
+def dlt_runs(path: Path, rows: int, logs: Path) -> list[Run]:
+    """Two dlt merge loads of the file into a fresh database (the second: every row already there)."""
+    db = create_db("benchdlt")
+    work = Path(tempfile.mkdtemp(prefix="bench_dlt_"))
+    runs = []
+    try:
+        for label in ("dlt merge #1", "dlt merge again"):
+            log = logs / f"dlt_{rows}_{label.split()[-1].strip('#')}.log"
+            command = [sys.executable, str(Path(__file__).resolve()), "--dlt-child", str(path), db, str(work)]
+            wall, rc, outcome, maxrss, tree, _ = measured(command, os.environ.copy(), log)
+            run = Run(rows, "postgres", label, wall, rc, outcome, maxrss, tree, {}, None, str(log))
+            print(f"  dlt      {rows:>9,} {label:15} rc={rc} wall={wall:6.1f}s peak={run.peak_mb:6.0f} MB "
+                  f"target rows={(outcome or {}).get('rows_in_target')}", flush=True)
+            runs.append(run)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        drop_db(db)
+    return runs
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, nargs="+", default=[100_000, 1_000_000])
@@ -655,6 +702,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="also run `import_job` through Dagster's executors (in_process and multiprocess, "
                              "the default for launched runs) on a persistent instance, sqlite target")
     parser.add_argument("--profile-rows", type=int, help="the size --profile runs on (default: the smallest)")
+    parser.add_argument("--dlt", action="store_true",
+                        help="also run dlt's merge load of each file into PostgreSQL (pip install -e '.[bench]')")
+    parser.add_argument("--dlt-child", nargs=3, help=argparse.SUPPRESS)
     parser.add_argument("--job-child", help=argparse.SUPPRESS)
     parser.add_argument("--executor", default="multiprocess", help=argparse.SUPPRESS)
     if argv is None and sys.argv[1:2] == ["--trace-child"]:
@@ -662,6 +712,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.job_child:
         return job_child(Path(args.job_child), args.executor)
+    if args.dlt_child:
+        return dlt_child(Path(args.dlt_child[0]), args.dlt_child[1], Path(args.dlt_child[2]))
 
     out = Path(args.out).absolute()
     logs = out / "logs"
@@ -707,6 +759,8 @@ def main(argv: list[str] | None = None) -> int:
                     shutil.rmtree(home, ignore_errors=True)
                     if db:
                         drop_db(db)
+        if args.dlt:
+            runs += dlt_runs(path, rows, logs)
 
     if args.dagster_job:
         print("\n## import_job through Dagster executors (sqlite)", flush=True)
