@@ -440,5 +440,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-if __name__ == "__main__":
+def entry() -> None:
+    """The `patient-etl` command: `main`, then out without tearing down the interpreter.
+
+    Every file, database and connection is closed by then (each is opened in a `with`); what remains
+    is Python finalizing the modules Dagster and GX loaded, 0.5-1.3 s of a small import's wall time.
+    The `ui` command's children are its own processes and are already done.
+    """
+    code = main()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+if __name__ == "__main__":  # `python -m patient_etl.cli` (under cProfile, say) finalizes as usual
     sys.exit(main())
