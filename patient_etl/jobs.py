@@ -4,7 +4,7 @@ import dagster as dg
 
 from patient_etl.partitions import batches
 
-FLOW = ("ingest", "stage", "validate", "normalize", "publish")
+FLOW = ("ingest", "stage", "validate", "normalize", "linkage", "publish")
 
 import_job = dg.define_asset_job(
     "import_job",

@@ -47,6 +47,13 @@ class PatientEtl(dg.ConfigurableResource):
     review_max_updates: int | None = None  # hold a batch that would update more rows than this
     review_expires_days: int = 14
     approvers: str | None = None  # comma-separated names allowed to approve or reject
+    # Possible duplicates (patient_etl/linkage): on or off, the match-probability thresholds (text, as
+    # environment variables are; read by `linkage_settings`), the engine and, for Spark, its master URL.
+    linkage: str = "on"
+    linkage_possible: str | None = None
+    linkage_likely: str | None = None
+    linkage_engine: str = "duckdb"
+    linkage_spark_master: str | None = None
 
     def home_dir(self) -> Home:
         if self.home:
@@ -88,6 +95,24 @@ class PatientEtl(dg.ConfigurableResource):
             return self.hash_key.encode()
         return self.home_dir().default_hash_key()
 
+    def linkage_on(self) -> bool:
+        if self.linkage.strip().lower() not in ("on", "off"):
+            raise ValueError("PATIENT_ETL_LINKAGE must be on or off")
+        return self.linkage.strip().lower() == "on"
+
+    def linkage_settings(self):
+        """The linkage thresholds and engine (a ValueError names the setting that is wrong)."""
+        from patient_etl.linkage.settings import LinkageSettings
+
+        defaults = LinkageSettings()
+        try:
+            possible = float(self.linkage_possible) if self.linkage_possible else defaults.possible
+            likely = float(self.linkage_likely) if self.linkage_likely else max(defaults.likely, possible)
+        except ValueError:
+            raise ValueError("PATIENT_ETL_LINKAGE_POSSIBLE and _LIKELY must be numbers between 0 and 1") from None
+        return LinkageSettings(possible=possible, likely=likely, engine=self.linkage_engine.strip().lower(),
+                               spark_master=self.linkage_spark_master or defaults.spark_master)
+
     def notify(self, log, batch) -> None:
         """The finished-batch webhook, when one is configured; a failed delivery is a warning."""
         if not self.webhook_url:
@@ -118,6 +143,11 @@ SETTINGS = {
     "review_max_updates": ("PATIENT_ETL_REVIEW_MAX_UPDATES", True),
     "review_expires_days": ("PATIENT_ETL_REVIEW_EXPIRES_DAYS", True),
     "approvers": ("PATIENT_ETL_APPROVERS", False),
+    "linkage": ("PATIENT_ETL_LINKAGE", False),
+    "linkage_possible": ("PATIENT_ETL_LINKAGE_POSSIBLE", False),
+    "linkage_likely": ("PATIENT_ETL_LINKAGE_LIKELY", False),
+    "linkage_engine": ("PATIENT_ETL_LINKAGE_ENGINE", False),
+    "linkage_spark_master": ("PATIENT_ETL_LINKAGE_SPARK_MASTER", False),
 }
 
 

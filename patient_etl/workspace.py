@@ -9,6 +9,7 @@ processes, so no two steps ever share one):
 | `staged.duckdb` | staging | `staged_<entity>`, `raw_<file>`, `batch_files`, `header_map` |
 | `checks.duckdb` | row checks | `checked_<entity>` (raw text, `<field>__value`), `row_outcome_<entity>`, `row_messages` |
 | `<entity>.duckdb` | normalize, one per entity | `<entity>` |
+| `linkage.duckdb` | possible duplicates (absent when linkage is off or failed) | `possible_duplicates` |
 | `publish.duckdb` | publish | (none: its scratch tables stay its own) |
 
 plus `unpacked/` (the members of a zip batch). The raw bytes live in `archive/<batch>/` (landing).
@@ -30,6 +31,7 @@ from patient_etl.batches import Home
 
 STAGED = "staged"
 CHECKS = "checks"
+LINKAGE = "linkage"
 PUBLISH = "publish"
 _ENTITY_PREFIX = "entity:"
 
@@ -182,3 +184,21 @@ class StageDb:
     # normalize
     def normalized(self, entity: str) -> str:
         return self._name(entity_stage(entity), entity)
+
+    # linkage
+    @property
+    def possible_duplicates(self) -> str:
+        """Per flagged pair: the batch row (`rid`, `row_number`, `external_id`), what it may duplicate
+        (`duplicate_in` batch|target, `duplicate_of`, `duplicate_of_rid`), `match_probability`, `strength`,
+        `agreed_fields`, `similar_fields` (see `patient_etl.linkage.link.PAIR_COLUMNS`)."""
+        return self._name(LINKAGE, "possible_duplicates")
+
+    @property
+    def linkage_target(self) -> str:
+        """The linkage stage's copy of the target's members (its own scratch)."""
+        return self._name(LINKAGE, "target_members")
+
+    @property
+    def known_different(self) -> str:
+        """The linkage stage's copy of the pairs a person decided are different people."""
+        return self._name(LINKAGE, "known_different")
