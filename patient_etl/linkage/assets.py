@@ -86,3 +86,16 @@ def fetch_target_members(etl: PatientEtl, db: StageDb) -> None:
 
 def defs() -> dg.Definitions:
     return dg.Definitions(assets=[possible_duplicates])
+
+
+def train_from_target(etl: PatientEtl):
+    """`patient-etl linkage train`: a new model version from the target's members (ValueError when too few)."""
+    from patient_etl.linkage.link import train_model
+
+    workspace = etl.workspace("linkage-training")  # a scratch folder under staging, removed after
+    try:
+        with workspace.open(LINKAGE) as db:
+            fetch_target_members(etl, db)
+            return train_model(db.con, db.linkage_target, etl.home_dir().linkage_models, etl.linkage_settings())
+    finally:
+        workspace.remove()

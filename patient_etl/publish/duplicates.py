@@ -14,7 +14,7 @@ import sqlalchemy as sa
 
 from patient_etl import results
 from patient_etl.batches import Batch, Home
-from patient_etl.target.schema import POSSIBLE_DUPLICATE, REVIEW_OPEN
+from patient_etl.target.schema import POSSIBLE_DUPLICATE, REVIEW_DIFFERENT, REVIEW_OPEN, REVIEW_SAME
 from patient_etl.workspace import LINKAGE, StageDb
 
 RESOLVED = "possible_duplicate_pairs"  # publish's own table: the pairs by published member IDs
@@ -123,3 +123,35 @@ def write_pairs_file(home: Home, db: StageDb, batch: Batch, label: str = "") -> 
         JOIN {db.batch_files} f ON f.file_index = o.file_index
         ORDER BY o.file_index, p.row_number, p.match_probability DESC, p.duplicate_of""", tmp)
     return str(results.link_into_place(tmp, Path(final)))
+
+
+# -- review: what `patient-etl duplicates` lists and decides ----------------------------------------
+
+DECISIONS = {"same": REVIEW_SAME, "different": REVIEW_DIFFERENT}
+LISTED = ("id", "member_id_a", "member_id_b", "match_probability", "agreed_fields", "similar_fields", "status",
+          "first_batch_id", "last_batch_id", "found_at", "decided_by", "decided_at")
+
+
+def list_pairs(target, only_open: bool = False) -> list[dict]:
+    """The target's pairs, most probable first: IDs, probability, fields, review status (no values)."""
+    with target.connect() as conn:
+        if POSSIBLE_DUPLICATE.name not in target.catalog(conn):
+            return []
+        where = f"WHERE status = '{REVIEW_OPEN}'" if only_open else ""
+        rows = conn.execute(sa.text(f"SELECT {', '.join(LISTED)} FROM {POSSIBLE_DUPLICATE.name} {where} "
+                                    "ORDER BY match_probability DESC, id")).mappings().all()
+    return [{k: (str(v) if k.endswith("_at") and v is not None else v) for k, v in row.items()} for row in rows]
+
+
+def decide_pair(target, pair_id: int, decision: str, decided_by: str, now: str) -> dict | None:
+    """Record a person's decision on a pair (nothing is merged); None when there is no such pair. A pair
+    decided to be different people is not flagged again (linkage reads them as known different)."""
+    with target.begin() as conn:
+        if POSSIBLE_DUPLICATE.name not in target.catalog(conn):
+            return None
+        changed = conn.execute(sa.text(f"UPDATE {POSSIBLE_DUPLICATE.name} SET status = :status, decided_by = :by, "
+                                       "decided_at = :now WHERE id = :id"),
+                               {"status": DECISIONS[decision], "by": decided_by, "now": now, "id": pair_id})
+        if not changed.rowcount:
+            return None
+    return next(p for p in list_pairs(target) if p["id"] == pair_id)
