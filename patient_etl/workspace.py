@@ -108,6 +108,11 @@ class Workspace:
         finally:
             con.close()
 
+    def discard(self, stage: str) -> None:
+        """Remove a stage's database (and its write-ahead log): later stages then see none."""
+        self.path(stage).unlink(missing_ok=True)
+        self.path(stage).with_name(self.path(stage).name + ".wal").unlink(missing_ok=True)
+
     def staged_entities(self) -> list[str]:
         """The entities the batch holds: staging wrote one table each."""
         with self.read(STAGED) as db:

@@ -7,6 +7,12 @@ fails (a corrupt model, a wrong setting, Splink itself), it materializes with `o
 pairs, and the batch is published without them.
 """
 
+import json
+import os
+import signal
+import subprocess
+import sys
+
 import dagster as dg
 
 from patient_etl.errors import SafeError, phi_safe
@@ -25,19 +31,50 @@ def possible_duplicates(context: dg.AssetExecutionContext, etl: PatientEtl) -> d
     """The batch's members that may be patients the target already holds, or rows sent twice."""
     batch_id = context.partition_key
     workspace = etl.workspace(batch_id)
-    workspace.path(LINKAGE).unlink(missing_ok=True)  # publish merges only this run's pairs
+    workspace.discard(LINKAGE)  # publish merges only this run's pairs
     try:
         with phi_safe(etl.home_dir(), batch_id, "linking possible duplicates"):
-            if not etl.linkage_on():
-                return dg.MaterializeResult(metadata={"outcome": "off"})
-            metadata = link_batch(etl, workspace)
+            metadata = run_linkage(etl, batch_id) if etl.linkage_on() else {"outcome": "off"}
     except (dg.Failure, SafeError) as exc:  # both PHI-safe by construction
-        workspace.path(LINKAGE).unlink(missing_ok=True)
-        reason = exc.description if isinstance(exc, dg.Failure) else str(exc)
-        context.log.warning(f"batch {batch_id}: possible duplicates not looked for ({reason}); "
+        metadata = {"outcome": "failed", "reason": exc.description if isinstance(exc, dg.Failure) else str(exc)}
+    if metadata["outcome"] in ("failed", "timed out"):
+        workspace.discard(LINKAGE)
+        context.log.warning(f"batch {batch_id}: possible duplicates not looked for ({metadata['reason']}); "
                             "the batch is published without them")
-        return dg.MaterializeResult(metadata={"outcome": "failed", "reason": reason})
     return dg.MaterializeResult(metadata=metadata)
+
+
+def run_linkage(etl: PatientEtl, batch_id: str) -> dict:
+    """`link_batch` in a process of its own (`python -m patient_etl.linkage.run`), stopped after the
+    time limit: a slow linkage delays the batch's publish by that much at most, and Splink's memory
+    (and a Spark session's JVM) goes with the process. Its traceback, which may quote data, goes to the
+    home's logs, never to Dagster."""
+    settings = {name: getattr(etl, name) for name in type(etl).model_fields}
+    child = subprocess.Popen([sys.executable, "-m", "patient_etl.linkage.run", batch_id], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = child.communicate(json.dumps(settings), timeout=etl.linkage_timeout_seconds)
+    except subprocess.TimeoutExpired:
+        os.killpg(child.pid, signal.SIGKILL)  # its own session: the process and whatever it started
+        child.communicate()
+        return {"outcome": "timed out", "reason": f"linkage took longer than {etl.linkage_timeout_seconds} s "
+                                                   "(PATIENT_ETL_LINKAGE_TIMEOUT_SECONDS)"}
+    lines = out.strip().splitlines()
+    if child.returncode == 0 and lines:
+        return json.loads(lines[-1])
+    path = private_log(etl, batch_id, err)
+    return {"outcome": "failed", "reason": f"the linkage process ended with code {child.returncode}; "
+                                          f"its output (which may quote data) is in {path}"}
+
+
+def private_log(etl: PatientEtl, batch_id: str, text: str) -> str:
+    logs = etl.home_dir().logs
+    logs.mkdir(mode=0o700, exist_ok=True)
+    path = logs / f"{batch_id}.log"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    with os.fdopen(fd, "a") as handle:
+        handle.write(f"--- linkage process\n{text}\n")
+    return str(path)
 
 
 def link_batch(etl: PatientEtl, workspace: Workspace) -> dict:
