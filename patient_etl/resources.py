@@ -101,19 +101,6 @@ class PatientEtl(dg.ConfigurableResource):
             raise ValueError("PATIENT_ETL_LINKAGE must be on or off")
         return self.linkage.strip().lower() == "on"
 
-    def linkage_settings(self):
-        """The linkage thresholds and engine (a ValueError names the setting that is wrong)."""
-        from patient_etl.linkage.settings import LinkageSettings
-
-        defaults = LinkageSettings()
-        try:
-            possible = float(self.linkage_possible) if self.linkage_possible else defaults.possible
-            likely = float(self.linkage_likely) if self.linkage_likely else max(defaults.likely, possible)
-        except ValueError:
-            raise ValueError("PATIENT_ETL_LINKAGE_POSSIBLE and _LIKELY must be numbers between 0 and 1") from None
-        return LinkageSettings(possible=possible, likely=likely, engine=self.linkage_engine.strip().lower(),
-                               spark_master=self.linkage_spark_master or defaults.spark_master)
-
     def notify(self, log, batch) -> None:
         """The finished-batch webhook, when one is configured; a failed delivery is a warning."""
         if not self.webhook_url:

@@ -199,6 +199,7 @@ def test_linkage_failing_or_slow_leaves_the_batch_published_with_its_results(tmp
 
 
 def test_linkage_settings_come_from_the_one_settings_mapping(monkeypatch):
+    from patient_etl.linkage.assets import linkage_settings
     from patient_etl.resources import patient_etl_from_env
 
     monkeypatch.setenv("PATIENT_ETL_LINKAGE_POSSIBLE", "0.8")
@@ -206,10 +207,10 @@ def test_linkage_settings_come_from_the_one_settings_mapping(monkeypatch):
     monkeypatch.setenv("PATIENT_ETL_LINKAGE", "off")
     monkeypatch.setenv("PATIENT_ETL_LINKAGE_TIMEOUT_SECONDS", "60")
     etl = patient_etl_from_env(resolve=True)
-    settings = etl.linkage_settings()
+    settings = linkage_settings(etl)
     assert (settings.possible, settings.likely, settings.engine) == (0.8, 0.99, "spark")
     assert etl.linkage_on() is False and etl.linkage_timeout_seconds == 60
     with pytest.raises(ValueError, match="PATIENT_ETL_LINKAGE_POSSIBLE"):
-        PatientEtl(linkage_possible="high").linkage_settings()
+        linkage_settings(PatientEtl(linkage_possible="high"))
     with pytest.raises(ValueError, match="engine"):
-        PatientEtl(linkage_engine="pandas").linkage_settings()
+        linkage_settings(PatientEtl(linkage_engine="pandas"))

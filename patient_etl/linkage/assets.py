@@ -16,6 +16,7 @@ import sys
 import dagster as dg
 
 from patient_etl.errors import SafeError, phi_safe
+from patient_etl.linkage.settings import LinkageSettings
 from patient_etl.partitions import batches
 from patient_etl.resources import PatientEtl
 from patient_etl.target.schema import REVIEW_DIFFERENT
@@ -42,6 +43,18 @@ def possible_duplicates(context: dg.AssetExecutionContext, etl: PatientEtl) -> d
         context.log.warning(f"batch {batch_id}: possible duplicates not looked for ({metadata['reason']}); "
                             "the batch is published without them")
     return dg.MaterializeResult(metadata=metadata)
+
+
+def linkage_settings(etl: PatientEtl) -> LinkageSettings:
+    """The linkage thresholds and engine from the settings (a ValueError names the setting that is wrong)."""
+    defaults = LinkageSettings()
+    try:
+        possible = float(etl.linkage_possible) if etl.linkage_possible else defaults.possible
+        likely = float(etl.linkage_likely) if etl.linkage_likely else max(defaults.likely, possible)
+    except ValueError:
+        raise ValueError("PATIENT_ETL_LINKAGE_POSSIBLE and _LIKELY must be numbers between 0 and 1") from None
+    return LinkageSettings(possible=possible, likely=likely, engine=etl.linkage_engine.strip().lower(),
+                           spark_master=etl.linkage_spark_master or defaults.spark_master)
 
 
 def run_linkage(etl: PatientEtl, batch_id: str) -> dict:
@@ -81,7 +94,7 @@ def link_batch(etl: PatientEtl, workspace: Workspace) -> dict:
     """Link the batch's normalized members; the pairs stay in the stage's database for publish."""
     from patient_etl.linkage.link import find_possible_duplicates
 
-    settings = etl.linkage_settings()
+    settings = linkage_settings(etl)
     with workspace.open(LINKAGE, reads=[entity_stage("member")]) as db:
         members = db.normalized("member")
         if not db.has_table(members):
@@ -133,6 +146,6 @@ def train_from_target(etl: PatientEtl):
     try:
         with workspace.open(LINKAGE) as db:
             fetch_target_members(etl, db)
-            return train_model(db.con, db.linkage_target, etl.home_dir().linkage_models, etl.linkage_settings())
+            return train_model(db.con, db.linkage_target, etl.home_dir().linkage_models, linkage_settings(etl))
     finally:
         workspace.remove()
