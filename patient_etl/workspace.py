@@ -200,10 +200,17 @@ class StageDb:
 
     @property
     def linkage_target(self) -> str:
-        """The linkage stage's copy of the target's members (its own scratch)."""
-        return self._name(LINKAGE, "target_members")
+        """The linkage stage's copy of the target's members: in memory, never in the batch's folder."""
+        return self.scratch("target_members")
 
     @property
     def known_different(self) -> str:
-        """The linkage stage's copy of the pairs a person decided are different people."""
-        return self._name(LINKAGE, "known_different")
+        """The linkage stage's copy of the pairs a person decided are different people (in memory)."""
+        return self.scratch("known_different")
+
+    def scratch(self, table: str) -> str:
+        """A table in an in-memory database beside this stage's: gone when the connection closes."""
+        if "scratch" not in self._attached:
+            self.con.execute("ATTACH ':memory:' AS scratch")
+            self._attached.add("scratch")
+        return f"scratch.{table}"
