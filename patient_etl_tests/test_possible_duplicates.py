@@ -214,3 +214,15 @@ def test_linkage_settings_come_from_the_one_settings_mapping(monkeypatch):
         linkage_settings(PatientEtl(linkage_possible="high"))
     with pytest.raises(ValueError, match="engine"):
         linkage_settings(PatientEtl(linkage_engine="pandas"))
+
+
+def test_linkage_compares_the_ssn_by_the_same_keyed_hash_staging_stores():
+    from patient_etl.entities.kinds import SSN_TOKEN_MACRO, ssn_token_macro
+    from patient_etl.linkage import ssn_hash
+
+    key = b"a-production-key"
+    con = duckdb.connect()
+    con.execute(ssn_token_macro(key))
+    (token,) = con.execute(f"SELECT {SSN_TOKEN_MACRO}('123-45-6789')").fetchone()
+    assert token.startswith("***-**-6789 ") and token[-64:] == ssn_hash("123 45 6789", key)
+    assert ssn_hash("12345", key) is None
