@@ -22,6 +22,7 @@ import pytest
 
 from patient_etl.cli import main
 from patient_etl.linkage import synthetic
+from patient_etl.linkage.run import SLOW
 from patient_etl.resources import PatientEtl
 from patient_etl_tests.conftest import query, read_results, write_csv
 
@@ -179,13 +180,14 @@ def test_the_model_is_trained_saved_under_the_home_and_reused(tmp_path, home, ru
 
 @pytest.mark.parametrize("trouble", ["corrupt model", "too slow"])
 def test_linkage_failing_or_slow_leaves_the_batch_published_with_its_results(tmp_path, home, run_import, instance,
-                                                                              trouble):
+                                                                              trouble, monkeypatch):
     if trouble == "corrupt model":
         etl = PatientEtl(home=str(home))
         (home / "linkage").mkdir()
         (home / "linkage" / "model-v1.json").write_text('{"splink": "Smith 1980-03-14"')
-    else:  # the stage's own process cannot even start Splink within a second
-        etl = PatientEtl(home=str(home), linkage_timeout_seconds=1)
+    else:  # a linkage that would take a minute, with a limit of two seconds
+        monkeypatch.setenv(SLOW, "60")
+        etl = PatientEtl(home=str(home), linkage_timeout_seconds=2)
     outcome = run_import(write_csv(tmp_path / "roster.csv", HEADER, *SMITHS), etl)
     assert outcome["status"] == "Finished" and outcome["counts"]["Created"] == 3
     assert set(_messages(outcome).values()) == {""}

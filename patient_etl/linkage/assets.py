@@ -134,10 +134,6 @@ def fetch_target_members(etl: PatientEtl, db: StageDb) -> None:
         target.dispose()
 
 
-def defs() -> dg.Definitions:
-    return dg.Definitions(assets=[possible_duplicates])
-
-
 def train_from_target(etl: PatientEtl):
     """`patient-etl linkage train`: a new model version from the target's members (ValueError when too few)."""
     from patient_etl.linkage.link import train_model
@@ -149,3 +145,7 @@ def train_from_target(etl: PatientEtl):
             return train_model(db.con, db.linkage_target, etl.home_dir().linkage_models, linkage_settings(etl))
     finally:
         workspace.remove()
+
+
+def defs() -> dg.Definitions:
+    return dg.Definitions(assets=[possible_duplicates])

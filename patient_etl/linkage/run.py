@@ -5,7 +5,9 @@ as one JSON line; a failure is reported the same way, its traceback kept in the 
 from __future__ import annotations
 
 import json
+import os
 import sys
+import time
 
 import dagster as dg
 
@@ -13,10 +15,13 @@ from patient_etl.errors import SafeError, phi_safe
 from patient_etl.linkage.assets import link_batch
 from patient_etl.resources import PatientEtl
 
+SLOW = "PATIENT_ETL_FAULT_LINKAGE_DELAY_SECONDS"  # fault injection: a linkage this much slower (tests only)
+
 
 def main() -> int:
     batch_id = sys.argv[1]
     etl = PatientEtl(**json.load(sys.stdin))
+    time.sleep(float(os.environ.get(SLOW, "0")))
     try:
         with phi_safe(etl.home_dir(), batch_id, "linking possible duplicates"):
             metadata = link_batch(etl, etl.workspace(batch_id))
