@@ -10,5 +10,5 @@ import_job = dg.define_asset_job(
     "import_job",
     selection=dg.AssetSelection.groups(*FLOW),
     partitions_def=batches,
-    description="Land, stage, check, normalize and publish one batch.",
+    description="Land, stage, check, normalize, look for possible duplicates and publish one batch.",
 )
