@@ -119,29 +119,39 @@ def test_a_pair_decided_different_is_not_flagged_again_and_the_cli_lists_ids_onl
     for name in ("PATIENT_ETL_TARGET_URL", "DAGSTER_HOME"):
         monkeypatch.delenv(name, raising=False)
     etl = PatientEtl(home=str(home))
-    roster = write_csv(tmp_path / "roster.csv", HEADER, *SMITHS)
-    assert _messages(run_import(roster, etl))["B-7"].startswith("warning: member: possible duplicate of member A-1")
+    # Two rows without an external ID take part by the IDs publish gives them (auto-...).
+    keyless = (",Ann,Lee,1970-01-01,F,617-555-0100", ",Anne,Lee,1970-01-01,F,617-555-0100")
+    roster = write_csv(tmp_path / "roster.csv", HEADER, *SMITHS, *keyless)
+    first = _messages(run_import(roster, etl))
+    assert first["B-7"].startswith("warning: member: possible duplicate of member A-1")
+    autos = {key: message for key, message in first.items() if key.startswith("auto-")}
+    (ann,) = [key for key, message in autos.items() if not message]
+    assert autos.keys() - {ann} and [m for m in autos.values() if m] == [
+        f"warning: member: possible duplicate of member {ann} (row 4 of this batch) (match probability 1.00)"]
     capsys.readouterr()
 
     assert main(["duplicates", "--open", "--json"]) == 0
-    (listed,) = json.loads(capsys.readouterr().out)
-    assert (listed["member_id_a"], listed["member_id_b"], listed["status"]) == ("A-1", "B-7", "open")
+    listed = json.loads(capsys.readouterr().out)
+    assert {(p["member_id_a"], p["member_id_b"], p["status"]) for p in listed} == {
+        ("A-1", "B-7", "open"), (*sorted(autos), "open")}
     assert not [p for p in PHI if p in json.dumps(listed)]
-    assert main(["duplicates", "resolve", str(listed["id"]), "--different", "--by", "alice"]) == 0
-    assert "different people, decided by alice" in capsys.readouterr().out
+    for pair in listed:
+        assert main(["duplicates", "resolve", str(pair["id"]), "--different", "--by", "alice"]) == 0
+        assert "different people, decided by alice" in capsys.readouterr().out
     assert main(["duplicates", "--open"]) == 0
     assert "no possible duplicates open for review" in capsys.readouterr().out
     # Usage errors exit 2, like the other commands.
     assert main(["duplicates", "resolve", "999", "--same"]) == 2
     assert main(["duplicates", "resolve", "x1", "--same"]) == 2
     with pytest.raises(SystemExit) as usage:
-        main(["duplicates", "resolve", str(listed["id"])])
+        main(["duplicates", "resolve", str(listed[0]["id"])])
     assert usage.value.code == 2
 
-    again = run_import(write_csv(tmp_path / "again.csv", HEADER, *SMITHS), etl)
-    assert again["counts"]["Unchanged"] == 3
-    assert _messages(again)["B-7"] == ""  # decided: different people
-    assert query(etl.target(), "SELECT status, decided_by FROM possible_duplicate") == [("different people", "alice")]
+    again = run_import(write_csv(tmp_path / "again.csv", HEADER, *SMITHS, *keyless), etl)
+    assert again["counts"]["Unchanged"] == 5
+    assert set(_messages(again).values()) == {""}  # decided: different people
+    assert query(etl.target(), "SELECT DISTINCT status, decided_by FROM possible_duplicate") == [
+        ("different people", "alice")]
 
 
 def _synthetic_roster(path, count: int) -> None:

@@ -15,6 +15,7 @@ import sys
 
 import dagster as dg
 
+from patient_etl.entities.spec import derived_key_sql
 from patient_etl.errors import SafeError, phi_safe
 from patient_etl.linkage.settings import LinkageSettings
 from patient_etl.partitions import batches
@@ -100,12 +101,30 @@ def link_batch(etl: PatientEtl, workspace: Workspace) -> dict:
         if not db.has_table(members):
             return {"outcome": "no members in the batch"}
         fetch_target_members(etl, db)
+        members = keyed_members(db, members)
         result = find_possible_duplicates(db.con, members, db.linkage_target, etl.home_dir().linkage_models,
                                           settings, into=db.possible_duplicates, known_different=db.known_different)
     return {"outcome": "linked", "pairs": result.pairs, "within_batch": result.within_batch,
             "against_target": result.against_target, "batch_members": result.batch_members,
             "target_members": result.target_members, "model_version": result.model_version,
             "model_trained": result.trained, "engine": settings.engine, "seconds": result.seconds}
+
+
+def keyed_members(db: StageDb, members: str) -> str:
+    """The batch's members, each keyless row with the ID publish will give it (the one stored member with
+    its match key, else the derived `auto-` key), so a decision on its pair holds the next time. A match
+    key shared by two or more stored members stays keyless: publish errors that row."""
+    keyed = db.scratch("batch_members")
+    db.con.execute(f"""
+        CREATE TABLE {keyed} AS
+        SELECT m.* REPLACE (coalesce(m.member_id, CASE WHEN t.n = 1 THEN t.only_id
+                                                       WHEN t.n IS NULL THEN {derived_key_sql('m.match_key')} END)
+                            AS member_id)
+        FROM {members} m
+        LEFT JOIN (SELECT match_key, min(member_id) AS only_id, count(*) AS n FROM {db.linkage_target}
+                   WHERE match_key IS NOT NULL GROUP BY match_key) t
+               ON m.member_id IS NULL AND t.match_key = m.match_key""")
+    return keyed
 
 
 def fetch_target_members(etl: PatientEtl, db: StageDb) -> None:
@@ -118,12 +137,12 @@ def fetch_target_members(etl: PatientEtl, db: StageDb) -> None:
         with target.connect() as conn:
             catalog = target.catalog(conn)
             found = catalog.get("member")
-            columns = [c for c in MEMBER_COLUMNS if found and c in found.columns]
-            if "member_id" in columns:
-                target.fetch(conn, db.con, f"SELECT {', '.join(columns)} FROM member", db.linkage_target,
-                             dict.fromkeys(columns, "VARCHAR"))
+            columns = dict.fromkeys(MEMBER_COLUMNS, "VARCHAR")
+            if found is not None:  # a column an older target lacks (until publish migrates it) reads as NULL
+                listed = ", ".join(c if c in found.columns else f"NULL AS {c}" for c in columns)
+                target.fetch(conn, db.con, f"SELECT {listed} FROM member", db.linkage_target, columns)
             else:
-                db.con.execute(f"CREATE TABLE {db.linkage_target} (member_id VARCHAR)")
+                db.con.execute(f"CREATE TABLE {db.linkage_target} ({', '.join(f'{c} VARCHAR' for c in columns)})")
             if "possible_duplicate" in catalog:
                 target.fetch(conn, db.con, "SELECT member_id_a, member_id_b FROM possible_duplicate "
                              f"WHERE status = '{REVIEW_DIFFERENT}'", db.known_different,
