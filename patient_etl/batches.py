@@ -105,6 +105,11 @@ class Home:
         return self.root / "logs"
 
     @property
+    def linkage_models(self) -> Path:
+        """The possible-duplicates model, as versioned JSON files (`model-v<N>.json`)."""
+        return self.root / "linkage"
+
+    @property
     def hash_key_file(self) -> Path:
         """The embedded default's key for SSN hashes, when PATIENT_ETL_HASH_KEY is not set."""
         return self.root / "hash.key"

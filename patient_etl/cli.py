@@ -296,6 +296,71 @@ def decide_batch(etl: PatientEtl, batch_id: str, decision: str, reason: str, as_
     return 0 if ok else 1
 
 
+def list_duplicates(etl: PatientEtl, only_open: bool, as_json: bool) -> int:
+    """`duplicates`: the target's possible-duplicate pairs, by member ID (no names or birth dates)."""
+    from patient_etl.publish.duplicates import list_pairs
+    from patient_etl.target import open_target
+
+    target = open_target(etl.target())
+    try:
+        pairs = list_pairs(target, only_open)
+    finally:
+        target.dispose()
+    if as_json:
+        print(json.dumps(pairs))
+        return 0
+    if not pairs:
+        print("no possible duplicates" + (" open for review" if only_open else ""))
+        return 0
+    print(f"{'id':>6}  {'member':20} {'member':20} {'probability':>11}  {'status':16} agreed (similar)")
+    for p in pairs:
+        decided = f"  by {p['decided_by']} at {p['decided_at']}" if p["decided_by"] else ""
+        similar = f" ({p['similar_fields']})" if p["similar_fields"] else ""
+        print(f"{p['id']:>6}  {p['member_id_a']:20} {p['member_id_b']:20} {p['match_probability']:>11.4f}  "
+              f"{p['status']:16} {p['agreed_fields'] or '-'}{similar}{decided}")
+    return 0
+
+
+def resolve_duplicate(etl: PatientEtl, pair_id: str, decision: str, by: str | None, as_json: bool) -> int:
+    """`duplicates resolve ID --same|--different`: a person's decision on a pair; nothing is merged."""
+    from patient_etl.publish.duplicates import decide_pair
+    from patient_etl.results import utc_now
+    from patient_etl.target import open_target
+
+    if not pair_id.isdigit():
+        raise UsageError(f"a possible-duplicate ID is a number (see patient-etl duplicates), not {pair_id!r}")
+    target = open_target(etl.target())
+    try:
+        pair = decide_pair(target, int(pair_id), decision, by or getpass.getuser(), utc_now())
+    finally:
+        target.dispose()
+    if pair is None:
+        raise UsageError(f"no possible duplicate {pair_id} in the target (see patient-etl duplicates)")
+    if as_json:
+        print(json.dumps(pair))
+    else:
+        print(f"possible duplicate {pair['id']} ({pair['member_id_a']}, {pair['member_id_b']}): {pair['status']}, "
+              f"decided by {pair['decided_by']} at {pair['decided_at']}")
+    return 0
+
+
+def train_linkage(etl: PatientEtl, as_json: bool) -> int:
+    """`linkage train`: a new version of the possible-duplicates model from the target's members."""
+    from patient_etl.linkage.assets import train_from_target
+
+    try:
+        info = train_from_target(etl)
+    except ValueError as exc:  # too few members, or a wrong setting: says which, no values
+        raise UsageError(str(exc)) from None
+    out = {"version": info.version, "path": str(info.path), "trained_at": info.trained_at,
+           "trained_on": info.trained_on}
+    if as_json:
+        print(json.dumps(out))
+    else:
+        print(f"linkage model v{info.version} trained on {info.trained_on.get('target', 0)} members: {info.path}")
+    return 0
+
+
 def run_ui(home: Home, port: int) -> int:
     """The Dagster UI and daemon for this code location, on 127.0.0.1, with this home's instance."""
     env = {**os.environ, "PATIENT_ETL_HOME": str(home.root)}
@@ -390,6 +455,23 @@ def main(argv: list[str] | None = None) -> int:
         decide.add_argument("--as", dest="as_name", help="record this name as the decider (default: your user)")
         decide.add_argument("--json", action="store_true")
         decide.add_argument("--verbose", action="store_true")
+    dups = sub.add_parser("duplicates", help="possible-duplicate patients flagged for review (IDs only)")
+    dups.add_argument("--open", action="store_true", help="only the pairs no one has decided yet")
+    dups.add_argument("--json", action="store_true")
+    dups_sub = dups.add_subparsers(dest="duplicates_command")
+    resolve_cmd = dups_sub.add_parser("resolve", help="record whether a pair is the same person (nothing is merged)")
+    resolve_cmd.add_argument("pair_id", metavar="ID")
+    decision = resolve_cmd.add_mutually_exclusive_group(required=True)
+    decision.add_argument("--same", dest="decision", action="store_const", const="same",
+                          help="the same person")
+    decision.add_argument("--different", dest="decision", action="store_const", const="different",
+                          help="different people: the pair is not flagged again")
+    resolve_cmd.add_argument("--by", help="record this name as the decider (default: your user)")
+    resolve_cmd.add_argument("--json", action="store_true")
+    linkage = sub.add_parser("linkage", help="the possible-duplicates model")
+    linkage_sub = linkage.add_subparsers(dest="linkage_command", required=True)
+    train = linkage_sub.add_parser("train", help="retrain the model from the target's members (a new version)")
+    train.add_argument("--json", action="store_true")
     ui = sub.add_parser("ui", help="the Dagster UI and daemon on this home's instance, on 127.0.0.1")
     ui.add_argument("--port", type=int, default=3000)
     tpl = sub.add_parser("template", help="write the CSV template and its column notes")
@@ -417,6 +499,12 @@ def main(argv: list[str] | None = None) -> int:
             return purge_batches(etl, args.older_than, args.json)
         if args.command == "ui":
             return run_ui(etl.home_dir(), args.port)
+        if args.command == "duplicates":
+            if args.duplicates_command == "resolve":
+                return resolve_duplicate(etl, args.pair_id, args.decision, args.by, args.json)
+            return list_duplicates(etl, args.open, args.json)
+        if args.command == "linkage":
+            return train_linkage(etl, args.json)
         if args.command == "rerun":
             batch = etl.registry().get(args.batch)
             if batch is None:

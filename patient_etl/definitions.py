@@ -6,6 +6,7 @@ import dagster as dg
 
 from patient_etl import failure, partitions, schedules
 from patient_etl.jobs import import_job
+from patient_etl.linkage import assets as linkage_assets
 from patient_etl.normalize import assets as normalize_assets
 from patient_etl.publish import assets as publish_assets
 from patient_etl.quality import assets as quality_assets
@@ -25,6 +26,7 @@ def build_defs(resources: dict | None = None) -> dg.Definitions:
         quality_assets.defs(),
         quality_checks.defs(),
         normalize_assets.defs(),
+        linkage_assets.defs(),
         publish_assets.defs(),
         delivery.defs(),
         sensors.defs(),

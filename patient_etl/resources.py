@@ -47,6 +47,14 @@ class PatientEtl(dg.ConfigurableResource):
     review_max_updates: int | None = None  # hold a batch that would update more rows than this
     review_expires_days: int = 14
     approvers: str | None = None  # comma-separated names allowed to approve or reject
+    # Possible duplicates (patient_etl/linkage): on or off, the match-probability thresholds (text, as
+    # environment variables are; read by `linkage_settings`), the engine and, for Spark, its master URL.
+    linkage: str = "on"
+    linkage_possible: str | None = None
+    linkage_likely: str | None = None
+    linkage_engine: str = "duckdb"
+    linkage_spark_master: str | None = None
+    linkage_timeout_seconds: int = 300  # the longest linkage may delay a batch's publish; then it goes without
 
     def home_dir(self) -> Home:
         if self.home:
@@ -88,6 +96,11 @@ class PatientEtl(dg.ConfigurableResource):
             return self.hash_key.encode()
         return self.home_dir().default_hash_key()
 
+    def linkage_on(self) -> bool:
+        if self.linkage.strip().lower() not in ("on", "off"):
+            raise ValueError("PATIENT_ETL_LINKAGE must be on or off")
+        return self.linkage.strip().lower() == "on"
+
     def notify(self, log, batch) -> None:
         """The finished-batch webhook, when one is configured; a failed delivery is a warning."""
         if not self.webhook_url:
@@ -118,6 +131,12 @@ SETTINGS = {
     "review_max_updates": ("PATIENT_ETL_REVIEW_MAX_UPDATES", True),
     "review_expires_days": ("PATIENT_ETL_REVIEW_EXPIRES_DAYS", True),
     "approvers": ("PATIENT_ETL_APPROVERS", False),
+    "linkage": ("PATIENT_ETL_LINKAGE", False),
+    "linkage_possible": ("PATIENT_ETL_LINKAGE_POSSIBLE", False),
+    "linkage_likely": ("PATIENT_ETL_LINKAGE_LIKELY", False),
+    "linkage_engine": ("PATIENT_ETL_LINKAGE_ENGINE", False),
+    "linkage_spark_master": ("PATIENT_ETL_LINKAGE_SPARK_MASTER", False),
+    "linkage_timeout_seconds": ("PATIENT_ETL_LINKAGE_TIMEOUT_SECONDS", True),
 }
 
 

@@ -9,6 +9,7 @@ processes, so no two steps ever share one):
 | `staged.duckdb` | staging | `staged_<entity>`, `raw_<file>`, `batch_files`, `header_map` |
 | `checks.duckdb` | row checks | `checked_<entity>` (raw text, `<field>__value`), `row_outcome_<entity>`, `row_messages` |
 | `<entity>.duckdb` | normalize, one per entity | `<entity>` |
+| `linkage.duckdb` | possible duplicates (absent when linkage is off or failed) | `possible_duplicates` |
 | `publish.duckdb` | publish | (none: its scratch tables stay its own) |
 
 plus `unpacked/` (the members of a zip batch). The raw bytes live in `archive/<batch>/` (landing).
@@ -30,6 +31,7 @@ from patient_etl.batches import Home
 
 STAGED = "staged"
 CHECKS = "checks"
+LINKAGE = "linkage"
 PUBLISH = "publish"
 _ENTITY_PREFIX = "entity:"
 
@@ -105,6 +107,11 @@ class Workspace:
             yield StageDb(self, stage, con)
         finally:
             con.close()
+
+    def discard(self, stage: str) -> None:
+        """Remove a stage's database (and its write-ahead log): later stages then see none."""
+        self.path(stage).unlink(missing_ok=True)
+        self.path(stage).with_name(self.path(stage).name + ".wal").unlink(missing_ok=True)
 
     def staged_entities(self) -> list[str]:
         """The entities the batch holds: staging wrote one table each."""
@@ -182,3 +189,28 @@ class StageDb:
     # normalize
     def normalized(self, entity: str) -> str:
         return self._name(entity_stage(entity), entity)
+
+    # linkage
+    @property
+    def possible_duplicates(self) -> str:
+        """Per flagged pair: the batch row (`rid`, `row_number`, `external_id`), what it may duplicate
+        (`duplicate_in` batch|target, `duplicate_of`, `duplicate_of_rid`), `match_probability`, `strength`,
+        `agreed_fields`, `similar_fields` (see `patient_etl.linkage.link.PAIR_COLUMNS`)."""
+        return self._name(LINKAGE, "possible_duplicates")
+
+    @property
+    def linkage_target(self) -> str:
+        """The linkage stage's copy of the target's members: in memory, never in the batch's folder."""
+        return self.scratch("target_members")
+
+    @property
+    def known_different(self) -> str:
+        """The linkage stage's copy of the pairs a person decided are different people (in memory)."""
+        return self.scratch("known_different")
+
+    def scratch(self, table: str) -> str:
+        """A table in an in-memory database beside this stage's: gone when the connection closes."""
+        if "scratch" not in self._attached:
+            self.con.execute("ATTACH ':memory:' AS scratch")
+            self._attached.add("scratch")
+        return f"scratch.{table}"

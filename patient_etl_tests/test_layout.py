@@ -8,7 +8,7 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "patient_etl"
-FLOW = ("sources", "staging", "quality", "normalize", "publish")
+FLOW = ("sources", "staging", "quality", "normalize", "linkage", "publish")
 # Assemble the flow (the entry point, the command line, schedules) or end a batch from any stage.
 ASSEMBLY = {"definitions", "cli", "schedules", "jobs"}
 END_OF_ANY_STAGE = {"failure": {"sources"}}  # the failure path delivers results back to the source
@@ -43,6 +43,6 @@ def test_imports_run_down_the_flow_or_into_the_shared_layer():
 def test_only_the_workspace_spells_a_stage_database():
     spelled = [str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py")
                if p.name != "workspace.py" and any(name in p.read_text() for name in
-                                                    ("staged.duckdb", "checks.duckdb", "publish.duckdb",
+                                                    ("staged.duckdb", "checks.duckdb", "publish.duckdb", "linkage.duckdb",
                                                      "row_outcome_", "checked_{"))]
     assert spelled == []

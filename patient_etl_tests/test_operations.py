@@ -185,7 +185,7 @@ def test_the_cli_honours_the_size_limit_and_the_webhook_settings(tmp_path, home,
 
 def test_loading_the_code_location_is_cheap_and_every_launch_runs_in_one_process():
     probe = "import sys, patient_etl.definitions as d; " \
-            "print(sorted(m for m in ('great_expectations', 'scipy', 'pandas') if m in sys.modules))"
+            "print(sorted(m for m in ('great_expectations', 'scipy', 'pandas', 'splink', 'pyspark') if m in sys.modules))"
     loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert loaded.stdout.strip() == "[]", loaded.stderr[-2000:]
     from patient_etl.definitions import defs

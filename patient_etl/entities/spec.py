@@ -206,6 +206,11 @@ def _name_part(expr: str) -> str:
     return f"coalesce(regexp_replace(lower(strip_accents({expr})), '[^a-z0-9]', '', 'g'), '')"
 
 
+def derived_key_sql(match_key: str) -> str:
+    """The key a keyless row gets when its match key finds no stored record: `auto-` and 20 hex digits."""
+    return f"'auto-' || substr({match_key}, 1, 20)"
+
+
 def match_key_sql(entity: Entity, column: str = "{name}") -> str:
     """Documented identity for rows without a key: md5 of the normalized match fields, `|`-joined.
 

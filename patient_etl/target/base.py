@@ -22,7 +22,7 @@ from pathlib import Path
 import duckdb
 import sqlalchemy as sa
 
-from patient_etl.entities.spec import MAX_GROUP_INDEX, Entity
+from patient_etl.entities.spec import MAX_GROUP_INDEX, Entity, derived_key_sql
 from patient_etl.target import SQL_DIR, TargetSchemaError, utc_now
 from patient_etl.target.schema import (
     AUDIT_COLUMNS,
@@ -305,7 +305,7 @@ class Target:
             conn.exec_driver_sql(f"""
                 UPDATE {incoming} SET {key} = coalesce(
                     (SELECT c.only_key FROM {candidates} c WHERE c.rid = {incoming}.rid),
-                    'auto-' || substr(match_key, 1, 20))
+                    {derived_key_sql('match_key')})
                 WHERE {key} IS NULL AND rid NOT IN (SELECT rid FROM {candidates} WHERE n > 1)""")
         lists = [g.stored_as for g in entity.groups]
         compared = [c for c in cols if c not in (key, "match_key", *lists)]

@@ -15,6 +15,7 @@ from patient_etl.target.schema import (
     IMPORT_ROW,
     IMPORT_RUN,
     IMPORT_RUN_ROW,
+    POSSIBLE_DUPLICATE,
     SCHEMA_MIGRATION,
     entity_table,
 )
@@ -28,7 +29,8 @@ def generated_files() -> dict[str, str]:
     """sql/ file name -> its text."""
     ddl = PostgresTarget.create_table_sql
     files = {"create_import_log.sql": "\n".join(ddl(t) for t in (IMPORT_BATCH, IMPORT_ROW, IMPORT_RUN, IMPORT_RUN_ROW)),
-             "create_schema_migration.sql": ddl(SCHEMA_MIGRATION)}
+             "create_schema_migration.sql": ddl(SCHEMA_MIGRATION),
+             "create_possible_duplicate.sql": ddl(POSSIBLE_DUPLICATE)}
     for entity in ENTITIES.values():
         files[f"create_{entity.name}.sql"] = ddl(entity_table(entity))
         files[f"upsert_{entity.name}.sql"] = PostgresTarget.upsert_sql(entity)

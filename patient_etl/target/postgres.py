@@ -14,10 +14,12 @@ from patient_etl.target.base import TableCatalog, Target
 class PostgresTarget(Target):
     dialect = "postgresql"
     TYPES = {"text": "TEXT", "date": "DATE", "decimal(14,2)": "NUMERIC(14,2)", "timestamp": "TIMESTAMPTZ",
-             "bigint": "BIGINT", "integer": "INTEGER"}
+             "bigint": "BIGINT", "integer": "INTEGER",
+             "double": "DOUBLE PRECISION"}
     # How information_schema names each logical type (an unbounded varchar holds text as well as TEXT).
     CATALOG_TYPES = {"text": {"text", "character varying"}, "date": {"date"}, "decimal(14,2)": {"numeric(14,2)"},
-                     "timestamp": {"timestamp with time zone"}, "bigint": {"bigint"}, "integer": {"integer"}}
+                     "timestamp": {"timestamp with time zone"}, "bigint": {"bigint"}, "integer": {"integer"},
+                     "double": {"double precision"}}
 
     def serialize_publishes(self, conn: sa.Connection) -> None:
         conn.exec_driver_sql("SELECT pg_advisory_xact_lock(hashtext('patient_etl.publish'))")

@@ -114,10 +114,23 @@ SCHEMA_MIGRATION = Table(MIGRATION_TABLE, (
 
 LOG_TABLES = (IMPORT_BATCH, IMPORT_ROW, IMPORT_RUN, IMPORT_RUN_ROW)
 
+# Possible-duplicate members for a person to review (patient_etl/linkage): one row per pair of member IDs
+# (`member_id_a` < `member_id_b`), kept across runs; IDs, probability and field names only, no values.
+REVIEW_OPEN, REVIEW_SAME, REVIEW_DIFFERENT = "open", "same person", "different people"
+POSSIBLE_DUPLICATE = Table("possible_duplicate", (
+    Column("id", "bigint"), Column("member_id_a", "text", not_null=True), Column("member_id_b", "text", not_null=True),
+    Column("match_probability", "double", not_null=True), Column("agreed_fields", "text"),
+    Column("similar_fields", "text"), Column("status", "text", not_null=True, default=f"'{REVIEW_OPEN}'"),
+    Column("first_batch_id", "text", not_null=True), Column("last_batch_id", "text"),
+    Column("found_at", "timestamp", not_null=True), Column("last_seen_at", "timestamp"),
+    Column("decided_by", "text"), Column("decided_at", "timestamp"),
+), ("id",), (Index("possible_duplicate_pair", ("member_id_a", "member_id_b")),
+             Index("possible_duplicate_status", ("status",))))
+
 
 def schema_tables(entities: list[Entity]) -> list[Table]:
     """Every table the target needs for these entities (parents before children), logs first."""
-    return [*LOG_TABLES, *(entity_table(e) for e in entities)]
+    return [*LOG_TABLES, *(entity_table(e) for e in entities), POSSIBLE_DUPLICATE]
 
 
 def spec_version() -> str:

@@ -36,7 +36,8 @@ def affinity(declared: str) -> str:
 class SqliteTarget(Target):
     dialect = "sqlite"
     TYPES = {"text": "TEXT", "date": "DATE", "decimal(14,2)": "NUMERIC(14,2)", "timestamp": "TIMESTAMP",
-             "bigint": "BIGINT", "integer": "INTEGER"}
+             "bigint": "BIGINT", "integer": "INTEGER",
+             "double": "DOUBLE PRECISION"}
 
     @classmethod
     def list_agg(cls, expr: str) -> str:
