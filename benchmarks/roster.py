@@ -533,7 +533,7 @@ def trace_child(argv: list[str]) -> int:
     from patient_etl.target.sqlite import SqliteTarget
 
     timed_generator(row_checks, "validate", "GX validate, all chunks (incl. reading them from DuckDB)")
-    timed_generator(row_checks, "_frames", "  of which: DuckDB -> pandas chunks")
+    timed_generator(row_checks._GroupFrames, "frames", "  of which: DuckDB -> pandas frames")
     timed(row_checks, "run_row_checks", "row_checks.run_row_checks")
     for cls in (Target, PostgresTarget, SqliteTarget):
         for name in ("apply_entity", "load", "fetch", "write_logs", "migrate"):

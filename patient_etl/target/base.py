@@ -345,9 +345,16 @@ class Target:
                 WHERE status IN ('Updated', 'Unchanged') AND ({others}) IS NOT NULL""")
         if lists:
             # Lists merge by index: the row's Nth item replaces the stored Nth, an empty slot keeps it.
-            stored_list = f"(SELECT t.{{c}} FROM {entity.table} t WHERE t.{key} = {incoming}.{key})"
-            conn.exec_driver_sql(f"UPDATE {incoming} SET " + ", ".join(
-                f"{c} = {self.list_merge(f'{incoming}.{c}', stored_list.format(c=c))}" for c in lists))
+            # Only where both sides hold a list and they differ: a new record has nothing to merge with,
+            # an empty cell keeps the stored list anyway (the upsert's coalesce), an equal list is itself.
+            differs = {c: f"{incoming}.{c} IS NOT NULL AND t.{c} IS NOT NULL AND {incoming}.{c} <> t.{c}"
+                       for c in lists}
+            conn.exec_driver_sql(
+                f"UPDATE {incoming} SET " + ", ".join(
+                    f"{c} = CASE WHEN {differs[c]} THEN {self.list_merge(f'{incoming}.{c}', f't.{c}')} "
+                    f"ELSE {incoming}.{c} END" for c in lists)
+                + f" FROM {entity.table} t WHERE t.{key} = {incoming}.{key} AND ("
+                + " OR ".join(f"({d})" for d in differs.values()) + ")")
         if write:
             conn.execute(sa.text(self.upsert_sql(entity)), {"batch_id": batch_id, "now": now})
         self.fetch(conn, duck, f"SELECT rid, key, status, changed_fields, first_rid, message FROM {outcome}",
