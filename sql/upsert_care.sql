@@ -6,15 +6,20 @@ INSERT INTO care (
 SELECT s.care_id, s.member_id, s.provider_id, s.start_date, s.end_date, s.care_type, s.diagnosis_codes,
     s.description, s.extra, :batch_id, :batch_id, :now, :now
 FROM incoming_care s JOIN outcome_care o ON o.rid = s.rid
-WHERE o.status IN ('Created', 'Updated')
-ON CONFLICT (care_id) DO UPDATE SET
-    member_id = coalesce(excluded.member_id, care.member_id),
-    provider_id = coalesce(excluded.provider_id, care.provider_id),
-    start_date = coalesce(excluded.start_date, care.start_date),
-    end_date = coalesce(excluded.end_date, care.end_date),
-    care_type = coalesce(excluded.care_type, care.care_type),
-    diagnosis_codes = coalesce(excluded.diagnosis_codes, care.diagnosis_codes),
-    description = coalesce(excluded.description, care.description),
-    extra = coalesce(excluded.extra, care.extra),
-    updated_batch_id = excluded.updated_batch_id,
-    updated_at = excluded.updated_at;
+WHERE o.status = 'Created'
+ORDER BY s.care_id;
+
+UPDATE care SET
+    member_id = coalesce(u.member_id, care.member_id),
+    provider_id = coalesce(u.provider_id, care.provider_id),
+    start_date = coalesce(u.start_date, care.start_date),
+    end_date = coalesce(u.end_date, care.end_date),
+    care_type = coalesce(u.care_type, care.care_type),
+    diagnosis_codes = coalesce(u.diagnosis_codes, care.diagnosis_codes),
+    description = coalesce(u.description, care.description),
+    extra = coalesce(u.extra, care.extra),
+    updated_batch_id = :batch_id,
+    updated_at = :now
+FROM (SELECT s.* FROM incoming_care s JOIN outcome_care o ON o.rid = s.rid
+WHERE o.status = 'Updated') u
+WHERE care.care_id = u.care_id;

@@ -5,12 +5,17 @@ INSERT INTO family (
     created_at, updated_at)
 SELECT s.family_id, s.family_name, s.phone, s.email, s.addresses, s.extra, :batch_id, :batch_id, :now, :now
 FROM incoming_family s JOIN outcome_family o ON o.rid = s.rid
-WHERE o.status IN ('Created', 'Updated')
-ON CONFLICT (family_id) DO UPDATE SET
-    family_name = coalesce(excluded.family_name, family.family_name),
-    phone = coalesce(excluded.phone, family.phone),
-    email = coalesce(excluded.email, family.email),
-    addresses = coalesce(excluded.addresses, family.addresses),
-    extra = coalesce(excluded.extra, family.extra),
-    updated_batch_id = excluded.updated_batch_id,
-    updated_at = excluded.updated_at;
+WHERE o.status = 'Created'
+ORDER BY s.family_id;
+
+UPDATE family SET
+    family_name = coalesce(u.family_name, family.family_name),
+    phone = coalesce(u.phone, family.phone),
+    email = coalesce(u.email, family.email),
+    addresses = coalesce(u.addresses, family.addresses),
+    extra = coalesce(u.extra, family.extra),
+    updated_batch_id = :batch_id,
+    updated_at = :now
+FROM (SELECT s.* FROM incoming_family s JOIN outcome_family o ON o.rid = s.rid
+WHERE o.status = 'Updated') u
+WHERE family.family_id = u.family_id;

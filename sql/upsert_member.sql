@@ -8,21 +8,26 @@ SELECT s.member_id, s.first_name, s.middle_name, s.last_name, s.birth_date, s.se
     s.relationship, s.ssn_hash, s.addresses, s.emails, s.phones, s.extra, s.match_key, :batch_id,
     :batch_id, :now, :now
 FROM incoming_member s JOIN outcome_member o ON o.rid = s.rid
-WHERE o.status IN ('Created', 'Updated')
-ON CONFLICT (member_id) DO UPDATE SET
-    first_name = coalesce(excluded.first_name, member.first_name),
-    middle_name = coalesce(excluded.middle_name, member.middle_name),
-    last_name = coalesce(excluded.last_name, member.last_name),
-    birth_date = coalesce(excluded.birth_date, member.birth_date),
-    sex = coalesce(excluded.sex, member.sex),
-    ssn = coalesce(excluded.ssn, member.ssn),
-    family_id = coalesce(excluded.family_id, member.family_id),
-    relationship = coalesce(excluded.relationship, member.relationship),
-    ssn_hash = coalesce(excluded.ssn_hash, member.ssn_hash),
-    addresses = coalesce(excluded.addresses, member.addresses),
-    emails = coalesce(excluded.emails, member.emails),
-    phones = coalesce(excluded.phones, member.phones),
-    extra = coalesce(excluded.extra, member.extra),
-    match_key = coalesce(excluded.match_key, member.match_key),
-    updated_batch_id = excluded.updated_batch_id,
-    updated_at = excluded.updated_at;
+WHERE o.status = 'Created'
+ORDER BY s.member_id;
+
+UPDATE member SET
+    first_name = coalesce(u.first_name, member.first_name),
+    middle_name = coalesce(u.middle_name, member.middle_name),
+    last_name = coalesce(u.last_name, member.last_name),
+    birth_date = coalesce(u.birth_date, member.birth_date),
+    sex = coalesce(u.sex, member.sex),
+    ssn = coalesce(u.ssn, member.ssn),
+    family_id = coalesce(u.family_id, member.family_id),
+    relationship = coalesce(u.relationship, member.relationship),
+    ssn_hash = coalesce(u.ssn_hash, member.ssn_hash),
+    addresses = coalesce(u.addresses, member.addresses),
+    emails = coalesce(u.emails, member.emails),
+    phones = coalesce(u.phones, member.phones),
+    extra = coalesce(u.extra, member.extra),
+    match_key = coalesce(u.match_key, member.match_key),
+    updated_batch_id = :batch_id,
+    updated_at = :now
+FROM (SELECT s.* FROM incoming_member s JOIN outcome_member o ON o.rid = s.rid
+WHERE o.status = 'Updated') u
+WHERE member.member_id = u.member_id;

@@ -6,15 +6,20 @@ INSERT INTO provider (
 SELECT s.provider_id, s.provider_name, s.npi, s.taxonomy_code, s.specialty, s.organization_name, s.phone,
     s.addresses, s.extra, :batch_id, :batch_id, :now, :now
 FROM incoming_provider s JOIN outcome_provider o ON o.rid = s.rid
-WHERE o.status IN ('Created', 'Updated')
-ON CONFLICT (provider_id) DO UPDATE SET
-    provider_name = coalesce(excluded.provider_name, provider.provider_name),
-    npi = coalesce(excluded.npi, provider.npi),
-    taxonomy_code = coalesce(excluded.taxonomy_code, provider.taxonomy_code),
-    specialty = coalesce(excluded.specialty, provider.specialty),
-    organization_name = coalesce(excluded.organization_name, provider.organization_name),
-    phone = coalesce(excluded.phone, provider.phone),
-    addresses = coalesce(excluded.addresses, provider.addresses),
-    extra = coalesce(excluded.extra, provider.extra),
-    updated_batch_id = excluded.updated_batch_id,
-    updated_at = excluded.updated_at;
+WHERE o.status = 'Created'
+ORDER BY s.provider_id;
+
+UPDATE provider SET
+    provider_name = coalesce(u.provider_name, provider.provider_name),
+    npi = coalesce(u.npi, provider.npi),
+    taxonomy_code = coalesce(u.taxonomy_code, provider.taxonomy_code),
+    specialty = coalesce(u.specialty, provider.specialty),
+    organization_name = coalesce(u.organization_name, provider.organization_name),
+    phone = coalesce(u.phone, provider.phone),
+    addresses = coalesce(u.addresses, provider.addresses),
+    extra = coalesce(u.extra, provider.extra),
+    updated_batch_id = :batch_id,
+    updated_at = :now
+FROM (SELECT s.* FROM incoming_provider s JOIN outcome_provider o ON o.rid = s.rid
+WHERE o.status = 'Updated') u
+WHERE provider.provider_id = u.provider_id;
