@@ -137,9 +137,10 @@ def results_query(row_log: str, files: str, extra: tuple[str, ...] = ()) -> str:
 
 
 def errors_query(raw: str, headers: list[tuple[int, str, str | None]], row_log: str, file_index: int,
-                 neutralized: bool = True, entity: str | None = None) -> str:
+                 neutralized: bool = True, entity: str | None = None, rejected: str | None = None) -> str:
     """The errored rows of one file: its own cells as sent (`c0`..), then `errors`, then `_n` (the
-    row number, to order by). A messages column of a re-uploaded errors file is replaced, not echoed.
+    row number, to order by). `rejected` holds the rows that could not be staged (of the wrong width,
+    a quote out of place) with their cells as far as they were read. A messages column of a re-uploaded errors file is replaced, not echoed.
     A field whose kind says how it is echoed (SSN: kept only as a token, echoed masked) is echoed so;
     re-uploading that mask leaves the stored value as it is."""
     def cell(expr: str) -> str:
@@ -153,9 +154,13 @@ def errors_query(raw: str, headers: list[tuple[int, str, str | None]], row_log: 
 
     cells = [f"{cell(value(position, column))} AS c{j}"
              for j, (position, _, column) in enumerate(echoed_headers(headers))]
+    rows = raw
+    if rejected:
+        names = ", ".join(["row_number", *(f"c{position}" for position, _, _ in headers)])
+        rows = f"(SELECT {names} FROM {raw} UNION ALL SELECT {names} FROM {rejected})"
     return f"""
         SELECT {''.join(c + ', ' for c in cells)}{cell('r.messages')} AS errors, x.row_number AS _n
-        FROM {raw} x JOIN {row_log} r ON r.file_index = {file_index} AND r.row_number = x.row_number
+        FROM {rows} x JOIN {row_log} r ON r.file_index = {file_index} AND r.row_number = x.row_number
         WHERE r.status = 'Errored'
     """
 

@@ -105,3 +105,60 @@ def test_errors_workbook_highlights_and_names_each_error(tmp_path, home, run_imp
     assert any(r[1] == "SSN" and "must have 9 digits" in r[2] for r in listed)
     assert any(r[1] == "Email" and "not a valid e-mail" in r[2] for r in listed)
     json.dumps(listed)  # plain values only
+
+
+def _rows_of(path) -> list[list[str]]:
+    with path.open(newline="", encoding="utf-8") as handle:
+        return list(csv.reader(handle))
+
+
+def test_rows_of_the_wrong_width_are_in_the_errors_file_with_their_cells(tmp_path, home, etl, run_import):
+    """A short row is echoed padded, a long row's surplus cells kept in its last column; both with
+    their external IDs; fixed and uploaded again, they import."""
+    header = "Patient ID,First Name,Last Name,DOB,Gender"
+    lines = [header, "G1,Ann,Lee,1980-01-02,F", "W1,Bob", "W2,Cy,Moe,1990-02-02,M,left over,and more",
+             "G2,Di,Poe,1991-05-06,F"]
+    first = run_import(_excel_csv(tmp_path / "roster.csv", lines), etl)
+    results = {r["row_number"]: r for r in read_results(first)}
+    assert {n: (r["external_id"], r["status"]) for n, r in results.items()} == {
+        "1": ("G1", "Created"), "2": ("W1", "Errored"), "3": ("W2", "Errored"), "4": ("G2", "Created")}
+    (errors_csv,) = _errors_files(home, ".csv")
+    rows = _rows_of(errors_csv)
+    assert rows[0] == [*header.split(","), "errors"]
+    by_id = {r[0]: r for r in rows[1:]}
+    assert by_id["W1"][:5] == ["W1", "Bob", "", "", ""] and "row has 2 values but the header has 5" in by_id["W1"][5]
+    assert by_id["W2"][:5] == ["W2", "Cy", "Moe", "1990-02-02", "M,left over,and more"]
+    assert "row has more values than the header's 5 columns" in by_id["W2"][5]
+    (workbook,) = _errors_files(home, ".xlsx")
+    sheet = load_workbook(workbook).worksheets[0]
+    assert sorted(row[0].value for row in sheet.iter_rows(min_row=2)) == ["W1", "W2"]
+
+    by_id["W1"][1:5] = ["Bob", "Ray", "1975-03-04", "M"]
+    by_id["W2"][4] = "M"
+    out = io.StringIO()
+    csv.writer(out).writerows([rows[0], by_id["W1"], by_id["W2"]])
+    fixed = tmp_path / "roster_fixed.csv"
+    fixed.write_text(out.getvalue(), encoding="utf-8")
+    second = run_import(fixed, etl)
+    assert {r["external_id"]: r["status"] for r in read_results(second)} == {"W1": "Created", "W2": "Created"}
+
+
+def test_a_cell_neutralised_against_formulas_comes_back_without_its_quote(tmp_path, home, etl, run_import):
+    header = "Patient ID,First Name,Last Name,DOB,Gender,Address 1,Address 2,City,State,Zip,Email"
+    lines = [header, "N1,Ann,'Lee,1980-01-02,F,1 Main St,+1 rear door,Boston,MA,02110,not-an-email"]
+    first = run_import(_excel_csv(tmp_path / "roster.csv", lines), etl)
+    assert {r["external_id"]: r["status"] for r in read_results(first)} == {"N1": "Errored"}
+    rows = _rows_of(_errors_files(home, ".csv")[0])
+    by_id = {r[0]: r for r in rows[1:]}
+    assert by_id["N1"][6] == "'+1 rear door"  # neutralised in the errors file
+    by_id["N1"][10] = "ann@example.org"
+    out = io.StringIO()
+    csv.writer(out).writerows([rows[0], by_id["N1"]])
+    fixed = tmp_path / "roster_fixed.csv"
+    fixed.write_text(out.getvalue(), encoding="utf-8")
+    second = run_import(fixed, etl)
+    assert {r["external_id"]: r["status"] for r in read_results(second)} == {"N1": "Created"}
+    (addresses,) = query(etl.target(), "SELECT addresses FROM member WHERE member_id = 'N1'")[0]
+    assert json.loads(addresses)[0]["address_line2"] == "+1 rear door"
+    # A quote this product did not put there (not before a formula character) is the partner's own.
+    assert query(etl.target(), "SELECT last_name FROM member WHERE member_id = 'N1'") == [("'Lee",)]

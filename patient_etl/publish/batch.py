@@ -178,12 +178,14 @@ def _write_errors_files(home: Home, db: StageDb, batch: Batch, label: str) -> li
         ).fetchall()
         base = f"{batch.received_on.isoformat()}_{results.safe_stem(name)}{label}_errors"
         tmp, final = results.claim_name(home.results, base)
-        query = results.errors_query(db.raw(file_index), headers, ROW_LOG, file_index, entity=entity)
+        query = results.errors_query(db.raw(file_index), headers, ROW_LOG, file_index, entity=entity,
+                                     rejected=db.rejected(file_index))
         results.write_errors_csv(db.con, query, headers, tmp)
         csv_file = results.link_into_place(tmp, final)
         # The same rows as a workbook beside it, named after the CSV (`..._errors-2.xlsx` beside `..._errors-2.csv`).
         tmp, final = results.claim_name(home.results, csv_file.stem, ".xlsx")
-        query = results.errors_query(db.raw(file_index), headers, ROW_LOG, file_index, entity=entity, neutralized=False)
+        query = results.errors_query(db.raw(file_index), headers, ROW_LOG, file_index, entity=entity, neutralized=False,
+                                     rejected=db.rejected(file_index))
         results.write_errors_xlsx(db.con, query, entity, headers, tmp)
         written += [str(csv_file), str(results.link_into_place(tmp, final))]
     return written

@@ -48,6 +48,7 @@ _BINARY_MAGIC = {
     b"\x1f\x8b": "a gzip file (name it .gz)",
 }
 # Control characters a cell may not hold (tab, line feed and carriage return are text); RE2 syntax.
+NEUTRALIZED = r"'^''[-=+@\t\r]'"  # a cell neutralised against formulas (results.neutralize)
 _WIDE = 64  # columns past which a file's unknown cells are gathered by UNPIVOT (see `_wide_cells`)
 _CONTROL = "'[\\x00-\\x08\\x0b\\x0c\\x0e-\\x1f\\x7f]'"
 
@@ -435,11 +436,23 @@ def _has_blank_line(path: Path) -> bool:
     return False
 
 
-def _rejected_table(db: StageDb, i: int) -> str:
+def _rejected_table(db: StageDb, i: int, width: int) -> str:
+    """A file's rows that could not be staged, with their cells as far as they were read (`c0`.. as in
+    `raw_<i>`): the errors file echoes them for the partner to fix."""
     table = db.rejected(i)
+    cells = "".join(f", c{j} VARCHAR" for j in range(width))
     db.con.execute(f"CREATE TABLE {table} (row_number BIGINT, error_type VARCHAR, found VARCHAR, "
-                   "external_id VARCHAR, message VARCHAR)")
+                   f"external_id VARCHAR, message VARCHAR{cells})")
     return table
+
+
+def _as_wide(row: list[str], width: int, delimiter: str) -> list[str]:
+    """A row of the wrong width in the file's columns: a short row padded with empty cells, a long
+    row's surplus cells kept in its last column, joined by the delimiter (nothing the partner sent is
+    dropped from the errors file)."""
+    if len(row) <= width:
+        return row + [""] * (width - len(row))
+    return row[:width - 1] + [delimiter.join(row[width - 1:])]
 
 
 def _load_file(db: StageDb, staged: StagedFile, limits: Limits, key_position: int | None = None) -> None:
@@ -467,7 +480,7 @@ def _load_file(db: StageDb, staged: StagedFile, limits: Limits, key_position: in
             con.execute(f"CREATE TABLE {raw} AS SELECT rowid + 1 AS row_number, {_protected_cells(staged)} "
                         f"FROM accepted_{i}")
             con.execute(f"DROP TABLE accepted_{i}")
-            _rejected_table(db, i)
+            _rejected_table(db, i, width)
             staged.rows = scalar(con, f"SELECT count(*) FROM {raw}")
             if staged.rows == 0:
                 raise FileRejected("no_data", f"{staged.name} has a header but no data rows")
@@ -516,7 +529,8 @@ def _load_carefully(db: StageDb, staged: StagedFile, limits: Limits, key_positio
                                                         f"{limits.max_line_bytes:,} bytes") from None
                 cause = "text after a closing quote" if "expected after" in text else "a quote out of place"
                 bad_rows.writerow([record, "QUOTE", "", "", f"row could not be read: {cause} on line "
-                                                            f"{reader.line_num}; quote the whole value"])
+                                                            f"{reader.line_num}; quote the whole value",
+                                   *[""] * width])
                 rejected += 1
                 continue
             record += 1
@@ -531,7 +545,7 @@ def _load_carefully(db: StageDb, staged: StagedFile, limits: Limits, key_positio
                 continue
             key = row[key_position].strip() if key_position is not None and key_position < len(row) else ""
             kind = "MISSING COLUMNS" if len(row) < width else "TOO MANY COLUMNS"
-            bad_rows.writerow([record, kind, len(row), key, ""])
+            bad_rows.writerow([record, kind, len(row), key, "", *_as_wide(row, width, staged.delimiter)])
             rejected += 1
     if accepted + rejected == 0:
         raise FileRejected("no_data", f"{name} has a header but no data rows")
@@ -544,11 +558,13 @@ def _load_carefully(db: StageDb, staged: StagedFile, limits: Limits, key_positio
         f"columns = {all_columns}, delim = ',', quote = '\"', escape = '\"', strict_mode = true, parallel = false, "
         "max_line_size = ?)",
         [str(clean), max(limits.max_line_bytes * 2, 2_097_152)])
-    table = _rejected_table(db, i)
+    table = _rejected_table(db, i, width)
     if rejected:
-        con.execute(f"INSERT INTO {table} SELECT * FROM read_csv(?, header = false, columns = {{'row_number': "
-                    "'BIGINT', 'error_type': 'VARCHAR', 'found': 'VARCHAR', 'external_id': 'VARCHAR', "
-                    "'message': 'VARCHAR'}, delim = ',', quote = '\"', escape = '\"')", [str(rejects)])
+        spec = ("{'row_number': 'BIGINT', 'error_type': 'VARCHAR', 'found': 'VARCHAR', 'external_id': 'VARCHAR', "
+                "'message': 'VARCHAR', " + columns[1:])
+        con.execute(f"INSERT INTO {table} SELECT row_number, error_type, found, external_id, message, {cells} "
+                    f"FROM read_csv(?, header = false, columns = {spec}, delim = ',', quote = '\"', escape = '\"', "
+                    "max_line_size = ?)", [str(rejects), max(limits.max_line_bytes * 2, 2_097_152)])
     staged.rows, staged.rejected_rows = accepted + rejected, rejected
     clean.unlink(missing_ok=True)
     rejects.unlink(missing_ok=True)
@@ -667,8 +683,12 @@ def _control_message(headers: list[str]) -> str:
 
 
 def _cell(template: EntityMapping | None, column: str, raw: str) -> str:
-    """A staged cell: trimmed text, through the template's value map and date format for its field."""
-    cell = f"nullif(trim({raw}), '')"
+    """A staged cell: trimmed text, through the template's value map and date format for its field.
+
+    A leading `'` before a formula character (`= + - @`, tab, return) is the one this product's files
+    (and spreadsheets) put there so the cell is not run as a formula: it is not part of the value."""
+    unquoted = f"CASE WHEN regexp_matches({raw}, {NEUTRALIZED}) THEN substr({raw}, 2) ELSE {raw} END"
+    cell = f"nullif(trim({unquoted}), '')"
     if template is None:
         return cell
     if column in template.values:
