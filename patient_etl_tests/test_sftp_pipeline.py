@@ -125,6 +125,23 @@ def test_failed_file_answers_with_its_reason(instance, etl, partner, sshd_server
     assert "Failed" in answer.read_text() and "required columns missing" in answer.read_text()
 
 
+def test_a_name_with_a_control_character_is_reported_not_skipped_silently(instance, etl, partner,
+                                                                         sshd_server):  # noqa: F811
+    """Such a name cannot be landed, named in a results file or logged as it is: every tick says which
+    file waits and why (escaped), and it never becomes a batch; a file beside it imports as usual."""
+    (sshd_server.pending / "roster\x1b[2J.csv").write_text(ROSTER)
+    first = tick(instance, etl, partner)
+    second = tick(instance, etl, partner, first.cursor)
+    assert not second.run_requests
+    reason = second.skip_reason.skip_message
+    assert "not picked up: 'roster\\x1b[2J.csv'" in reason and "control character" in reason
+    assert "\x1b" not in reason
+    (sshd_server.pending / "roster.csv").write_text(ROSTER)
+    third = tick(instance, etl, partner, tick(instance, etl, partner, second.cursor).cursor)
+    assert [r.partition_key for r in third.run_requests] and len(third.run_requests) == 1
+    assert (sshd_server.pending / "roster\x1b[2J.csv").exists()
+
+
 def test_unconfigured_sftp_skips(instance, etl):
     result = tick(instance, etl, PartnerSftp())
     assert "not configured" in result.skip_reason.skip_message

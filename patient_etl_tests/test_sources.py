@@ -143,6 +143,16 @@ def test_temporary_and_hidden_names_are_never_picked_up(instance, etl, partner):
     assert not result.run_requests and result.skip_reason.skip_message.startswith("0 file(s) waiting")
 
 
+def test_a_name_with_a_control_character_is_reported_on_every_tick_and_never_landed(instance, etl, partner):
+    partner.put("roster\tmarch.csv", roster(1))
+    for _ in range(2):
+        result = two_looks(instance, etl, partner.sources(), partner.sensor)
+        assert not result.run_requests
+        message = result.skip_reason.skip_message
+        assert "not picked up: 'roster\\x09march.csv' (its name holds a control character" in message
+    assert partner.pending() == ["roster\tmarch.csv"] and not list((etl.home_dir().root / "archive").rglob("*"))
+
+
 def test_a_file_that_changes_after_registration_fails_and_is_imported_once(instance, pg_etl, partner):
     full = roster(400)
     partner.put("roster.csv", full[: len(full) // 2])  # the partner's upload stalls half way

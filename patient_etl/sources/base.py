@@ -59,6 +59,7 @@ class Pending:
     modified: float
     marked: bool = False
     mapping: str | None = None
+    refused: str | None = None  # why it can never become a batch (the sensor says so on every tick)
 
 
 class Source(dg.ConfigurableResource):
@@ -106,6 +107,19 @@ def is_candidate(name: str) -> bool:
 
 def has_control_characters(name: str) -> bool:
     return any(unicodedata.category(char) == "Cc" for char in name)
+
+
+CONTROL_NAME = "its name holds a control character, which no file name we write or log may carry; rename it"
+
+
+def shown_name(name: str) -> str:
+    """A name fit for a log line: control characters as `\\xNN`, the rest as it is."""
+    return "".join(c if unicodedata.category(c) != "Cc" else f"\\x{ord(c):02x}" for c in name)
+
+
+def refused_item(name: str, size: int, modified: float) -> Pending:
+    """An item the sensor reports and never registers (its name cannot be landed safely)."""
+    return Pending(name, (), f"refused|{name}", (size,), modified, refused=CONTROL_NAME)
 
 
 def archive_name(index: int, name: str) -> str:

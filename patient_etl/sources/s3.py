@@ -28,6 +28,7 @@ from patient_etl.sources.base import (
     has_control_characters,
     is_candidate,
     numbered,
+    refused_item,
     write_streamed,
 )
 
@@ -67,7 +68,7 @@ class ObjectStore(Source):
                     name = item["Key"][len(self.pending_prefix):]
                     if name.endswith(DONE_SUFFIX):
                         markers.add(name[: -len(DONE_SUFFIX)])
-                    if name and is_candidate(name) and not has_control_characters(name):
+                    if name and is_candidate(name):
                         found.append(item | {"Name": name})
         except Exception as exc:
             raise SourceUnavailable(self._describe(exc)) from exc
@@ -75,6 +76,9 @@ class ObjectStore(Source):
         for item in found:
             name, size, etag = item["Name"], item["Size"], item["ETag"]
             modified = item["LastModified"].timestamp()
+            if has_control_characters(name):
+                pending.append(refused_item(name, size, modified))
+                continue
             file = SourceFile(name, item["Key"], size, int(modified * 1e9), etag=etag)
             pending.append(Pending(name, (file,), f"{name}|{size}|{etag}", (size, etag), modified,
                                    marked=name in markers))

@@ -19,7 +19,7 @@ from patient_etl.batches import Batch, Registry, partition_key
 from patient_etl.jobs import import_job
 from patient_etl.partitions import batches
 from patient_etl.resources import PatientEtl
-from patient_etl.sources.base import Pending, Source, SourceUnavailable
+from patient_etl.sources.base import Pending, Source, SourceUnavailable, shown_name
 from patient_etl.sources.resources import Sources
 
 MAX_NEW_BATCHES_PER_TICK = 200
@@ -51,12 +51,16 @@ def look(source: Source, registry: Registry, pending: list[Pending], previous: d
     return new_batches, waiting
 
 
-def tick_result(new_batches: list[Batch], waiting: dict, process_on_arrival: bool) -> dg.SensorResult:
-    """The new batches' partitions and runs, or a skip saying what waits."""
+def tick_result(new_batches: list[Batch], waiting: dict, process_on_arrival: bool,
+                refused: list[Pending] = ()) -> dg.SensorResult:
+    """The new batches' partitions and runs, or a skip saying what waits (and what is refused)."""
     cursor = json.dumps(waiting, sort_keys=True)
     if not new_batches:
+        why = f"{len(waiting)} file(s) waiting to settle; no complete new file"
+        if refused:
+            why += "; not picked up: " + ", ".join(f"'{shown_name(p.label)}' ({p.refused})" for p in refused)
         return dg.SensorResult(
-            skip_reason=dg.SkipReason(f"{len(waiting)} file(s) waiting to settle; no complete new file"),
+            skip_reason=dg.SkipReason(why),
             cursor=cursor,
         )
     keys = [b.batch_id for b in new_batches]
@@ -82,9 +86,13 @@ def source_sensor(kind: str, name: str, minimum_interval_seconds: int, descripti
         except SourceUnavailable as exc:
             return dg.SensorResult(skip_reason=dg.SkipReason(f"{source.title} unavailable: {exc}"),
                                    cursor=context.cursor)
+        refused = [p for p in pending if p.refused]
+        for item in refused:
+            context.log.warning(f"{source.title}: not picked up: '{shown_name(item.label)}': {item.refused}")
         previous = json.loads(context.cursor) if context.cursor else {}
-        new_batches, waiting = look(source, etl.registry(), pending, previous, sources.quiet_seconds, time.time())
-        return tick_result(new_batches, waiting, etl.process_on_arrival)
+        new_batches, waiting = look(source, etl.registry(), [p for p in pending if not p.refused], previous,
+                                    sources.quiet_seconds, time.time())
+        return tick_result(new_batches, waiting, etl.process_on_arrival, refused)
 
     return _sensor
 

@@ -28,7 +28,14 @@ from typing import TYPE_CHECKING
 import dagster as dg
 
 from patient_etl.batches import Home, SourceFile
-from patient_etl.sources.base import DONE_SUFFIX, Pending, Source, SourceUnavailable, is_candidate
+from patient_etl.sources.base import (
+    DONE_SUFFIX,
+    Pending,
+    Source,
+    SourceUnavailable,
+    is_candidate,
+    refused_item,
+)
 from patient_etl.sources.base import SourceChanged as _SourceChanged
 
 if TYPE_CHECKING:  # paramiko is imported by the methods that connect: loading the code location skips it
@@ -129,7 +136,7 @@ class SftpServer(dg.ConfigurableResource):
             RemoteFile(entry.filename, entry.st_size or 0, int(entry.st_mtime or 0))
             for entry in entries
             if entry.st_mode is not None and stat.S_ISREG(entry.st_mode)
-            and is_pending_candidate(entry.filename) and _is_safe(entry.filename)
+            and is_pending_candidate(entry.filename) and "/" not in entry.filename
         ]
         return sorted(files, key=lambda remote: remote.name)
 
@@ -500,6 +507,7 @@ class PartnerSftp(Source):
             raise SourceUnavailable(str(exc)) from exc
         names = {r.name for r in remote}
         return [
+            refused_item(r.name, r.size, float(r.mtime)) if not _is_safe(r.name) else
             Pending(r.name, (SourceFile(r.name, r.name, r.size, r.mtime * 10**9),), f"{r.name}|{r.size}|{r.mtime}",
                     (r.size, r.mtime), float(r.mtime), marked=r.name + DONE_SUFFIX in names)
             for r in remote if is_candidate(r.name)

@@ -21,8 +21,10 @@ from patient_etl.sources.base import (
     Pending,
     Source,
     SourceChanged,
+    has_control_characters,
     is_candidate,
     read_chunks,
+    refused_item,
     write_streamed,
 )
 
@@ -92,7 +94,10 @@ def _scan(folder: Path, mapping: str | None, templates: set[str], under: str = "
         if not is_candidate(entry.name):
             continue
         label = under + (f"{mapping}/{entry.name}" if mapping else entry.name)
-        if entry.is_file(follow_symlinks=False):
+        if entry.is_file(follow_symlinks=False) and has_control_characters(entry.name):
+            stat = entry.stat(follow_symlinks=False)
+            yield refused_item(label, stat.st_size, stat.st_mtime_ns / 1e9)
+        elif entry.is_file(follow_symlinks=False):
             stat = entry.stat(follow_symlinks=False)
             file = SourceFile(entry.name, entry.path, stat.st_size, stat.st_mtime_ns)
             yield Pending(label, (file,), f"{label}|{stat.st_size}|{stat.st_mtime_ns}",
