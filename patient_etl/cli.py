@@ -377,7 +377,8 @@ def run_ui(home: Home, port: int) -> int:
 GROUP_INDEX_RULE = ("a group index is a -N or _N suffix (Email-2, Address Line 1-2); a number after a space "
                     "counts as the index only after the field's own name (Email 2, Phone 2): after Address, "
                     "Address Line or Street it is the address line (Address 1, Address 2 = lines 1 and 2 of "
-                    "the first address)")
+                    "the first address). Several unnumbered columns of a one-value list (Mobile, Home Phone, "
+                    "Cell: all phones) fill it in column order: phone 1, 2, 3, after any numbered one")
 
 
 def write_template(entity_name: str, out: Path) -> tuple[Path, Path]:

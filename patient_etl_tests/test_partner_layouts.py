@@ -76,6 +76,30 @@ def test_a_whole_name_column_is_refused_saying_what_to_send(tmp_path, run_import
     assert "Lee" not in message  # no PHI in the reason
 
 
+@pytest.mark.parametrize("target", ["etl", "pg_etl"])
+def test_several_phone_columns_fill_the_phone_list_in_column_order(tmp_path, run_import, target, request):
+    """`Mobile` and `Home Phone` both mean a phone: they are the list's first and second, not a clash;
+    an explicit `Phone 2` keeps its place and the unnumbered one after it takes the next free one."""
+    etl = request.getfixturevalue(target)
+    path = _write(tmp_path / "roster.csv", [
+        "Patient ID,First Name,Last Name,DOB,Gender,Mobile,Phone 2,Home Phone",
+        "P1,Ann,Lee,1980-01-02,F,617-555-0101,617-555-0102,617-555-0103",
+        "P2,Bob,Ray,1975-03-04,M,,,(508) 555-0199",
+    ])
+    outcome = run_import(path, etl)
+    assert {r["external_id"]: r["status"] for r in read_results(outcome)} == {"P1": "Created", "P2": "Created"}
+    stored = {k: json.loads(v) for k, v in query(etl.target(), "SELECT member_id, phones FROM member")}
+    assert stored == {"P1": ["6175550101", "6175550102", "6175550103"], "P2": [None, None, "5085550199"]}
+
+
+def test_two_columns_for_one_address_line_are_still_refused(tmp_path, etl, run_import):
+    path = _write(tmp_path / "roster.csv", ["Patient ID,First Name,Last Name,DOB,Gender,Street,Address,City",
+                                            "P1,Ann,Lee,1980-01-02,F,1 Main St,1 Main St,Boston"])
+    outcome = run_import(path, etl)
+    assert outcome["status"] == "Failed"
+    assert "columns 'Street' and 'Address' both map to address_line1" in read_results(outcome)[0]["messages"]
+
+
 def test_template_notes_state_the_group_index_rule(tmp_path):
     from patient_etl.cli import write_template
 

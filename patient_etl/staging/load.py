@@ -21,7 +21,7 @@ import duckdb
 from patient_etl.duck import scalar
 from patient_etl.entities import ENTITIES, FORMAT_ALIASES
 from patient_etl.entities.kinds import SSN_TOKEN_MACRO
-from patient_etl.entities.spec import Entity, is_messages_column, map_header, whole_name_hint
+from patient_etl.entities.spec import MAX_GROUP_INDEX, Entity, is_messages_column, map_header, whole_name_hint
 from patient_etl.errors import SafeError
 from patient_etl.resources import (
     DEFAULT_MAX_BYTES,
@@ -369,9 +369,12 @@ def map_headers(entity: Entity, headers: list[str], name: str, template: EntityM
     columns: list[str | None] = []
     seen: dict[str, str] = {}
     unknown: list[str] = []
-    for header in headers:
-        column = ((template.column_for(header) if template else None) or map_header(entity, header)) if header \
-            else None
+    mapped = [((template.column_for(h) if template else None) or map_header(entity, h)) if h else None for h in headers]
+    by_name = {c.name: c for c in entity.columns()}
+    numbered = {c for c in mapped if c in by_name and by_name[c].group is not None and by_name[c].index > 1}
+    for header, column in zip(headers, mapped, strict=True):
+        if column is not None and column in seen:
+            column = _next_list_slot(by_name, column, {*seen, *numbered}) or column
         if column is not None and column in seen:
             raise FileRejected(
                 "duplicate_field",
@@ -393,6 +396,20 @@ def map_headers(entity: Entity, headers: list[str], name: str, template: EntityM
         raise FileRejected("missing_columns", f"{name}: required columns missing: {', '.join(missing)}"
                                               + whole_name_hint(entity, headers, missing))
     return HeaderMap(headers, columns, unknown)
+
+
+def _next_list_slot(by_name: dict, column: str, taken: set[str]) -> str | None:
+    """For a second unnumbered column of a one-field list (`Mobile` after `Home Phone`, both `phone`):
+    the list's next free position (`phone_2`, ...), in column order; None for any other field (two
+    columns for one address line are a mistake to report, not a second address)."""
+    found = by_name.get(column)
+    if found is None or found.group is None or len(found.group.fields) != 1 or found.index > 1:
+        return None
+    used = {max(by_name[t].index, 1) for t in taken if t in by_name and by_name[t].group is found.group}
+    for position in range(2, MAX_GROUP_INDEX + 1):
+        if position not in used:
+            return found.group.column(found.field.name, position)
+    return None
 
 
 def detect_entity(name: str, headers: list[str]) -> Entity:
