@@ -104,7 +104,9 @@ def test_a_killed_runs_temporary_files_are_removed_at_the_next_start(tmp_path, h
     staging.mkdir(parents=True)
     (home / "results").mkdir()
     (home / "archive" / "b").mkdir(parents=True)
+    (staging / "unpacked").mkdir()
     leftovers = [staging / f".target-{dead.pid}-abc.csv", home / "results" / f".x_results.{dead.pid}.writing",
+                 staging / "unpacked" / f".clean_000.csv.{dead.pid}.tmp",  # staging's clean copy of a file
                  home / "archive" / "b" / "roster.csv.part"]
     kept = [staging / f".target-{live}-abc.csv", staging / "staged.duckdb", home / "results" / "x_results.csv"]
     kept.append(home / "archive" / "b" / "other.csv.part")  # a download in progress

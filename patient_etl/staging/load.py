@@ -18,6 +18,7 @@ from pathlib import Path
 
 import duckdb
 
+from patient_etl.batches import temporary_name
 from patient_etl.duck import scalar
 from patient_etl.entities import ENTITIES, FORMAT_ALIASES
 from patient_etl.entities.kinds import SSN_TOKEN_MACRO
@@ -515,7 +516,9 @@ def _load_carefully(db: StageDb, staged: StagedFile, limits: Limits, key_positio
     width = len(staged.header.headers)
     folder = db.workspace.unpacked
     folder.mkdir(parents=True, exist_ok=True)
-    clean, rejects = folder / f"clean_{i:03d}.csv", folder / f"rejects_{i:03d}.csv"
+    # Named by this process (batches.LEFTOVER): the clean copy holds the file's cells in clear, and a
+    # killed run's copies are removed by the next start's sweep.
+    clean, rejects = folder / temporary_name(f"clean_{i:03d}.csv"), folder / temporary_name(f"rejects_{i:03d}.csv")
     csv.field_size_limit(max(limits.max_line_bytes, 1024))
     accepted = rejected = 0
     with staged.path.open("r", encoding="utf-8-sig", newline="") as src, \
