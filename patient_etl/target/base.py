@@ -375,6 +375,12 @@ class Target:
                     f"ELSE {incoming}.{c} END" for c in lists)
                 + f" FROM {entity.table} t WHERE t.{key} = {incoming}.{key} AND ("
                 + " OR ".join(f"({d})" for d in differs.values()) + ")")
+            # What was not merged is stored compact too: a list with an empty slot (JSON null) loses it.
+            gappy = {c: f"{c} LIKE '%%null%%'" for c in lists}  # %% for psycopg's placeholders; LIKE takes it as %
+            conn.exec_driver_sql(
+                f"UPDATE {incoming} SET " + ", ".join(
+                    f"{c} = CASE WHEN {gappy[c]} THEN {self.list_merge(c, 'NULL')} ELSE {c} END" for c in lists)
+                + " WHERE " + " OR ".join(gappy.values()))
         if write:
             rebuild = self._defer_indexes(conn, entity, outcome)
             for statement in self.upsert_statements(entity):
