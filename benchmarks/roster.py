@@ -287,11 +287,12 @@ _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0}
 def step_durations(stderr: str, home: Path | None = None, run_id: str | None = None
                    ) -> tuple[dict[str, float], float | None]:
     """Per-step seconds: from the home's Dagster instance (the CLI is quiet), else from logged lines."""
-    if home is not None and run_id and (home / "dagster" / "dagster.yaml").exists():
+    if home is not None and (home / "dagster" / "dagster.yaml").exists():
         import dagster as dg
 
         with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:
-            stats = instance.get_run_step_stats(run_id)
+            run_id = run_id or next((r.run_id for r in instance.get_runs(limit=1)), None)  # the import just run
+            stats = instance.get_run_step_stats(run_id) if run_id else []
         steps = {s.step_key: s.end_time - s.start_time for s in stats if s.end_time and s.start_time}
         return steps, (sum(steps.values()) if steps else None)
     steps = {name: float(v) * _UNITS[u] for name, v, u in _DURATION.findall(stderr)}

@@ -250,6 +250,11 @@ class Target:
         return f"nullif(({array})::jsonb -> {n}, 'null'::jsonb)"
 
     @classmethod
+    def lists_differ(cls, a: str, b: str) -> str:
+        """Whether two JSON lists differ as values (not as text: spacing and key order aside)."""
+        return f"({a})::jsonb IS DISTINCT FROM ({b})::jsonb"
+
+    @classmethod
     def list_merge(cls, new: str, old: str) -> str:
         """`old` with each non-null item of `new` in its place, compacted; NULL when both are empty."""
         # json, not jsonb: items keep their text (an address's keys in the spec's order).
@@ -331,9 +336,13 @@ class Target:
         compared = [c for c in cols if c not in (key, "match_key", *lists)]
         changed = " || ".join(
             [f"CASE WHEN s.{c} IS NOT NULL AND s.{c} IS DISTINCT FROM t.{c} THEN '{c},' ELSE '' END" for c in compared]
-            + [f"CASE WHEN {self.list_item(f's.{c}', n)} IS NOT NULL AND {self.list_item(f's.{c}', n)} "
-               f"IS DISTINCT FROM {self.list_item(f't.{c}', n)} THEN '{c}[{n + 1}],' ELSE '' END"
-               for c in lists for n in range(MAX_GROUP_INDEX)]
+            # A list is compared item by item only when it differs as a whole (most rows of a re-import
+            # do not; each item is a JSON parse per side).
+            + [f"CASE WHEN s.{c} IS NOT NULL AND {self.lists_differ(f's.{c}', f't.{c}')} THEN "
+               + " || ".join(f"CASE WHEN {self.list_item(f's.{c}', n)} IS NOT NULL AND {self.list_item(f's.{c}', n)} "
+                             f"IS DISTINCT FROM {self.list_item(f't.{c}', n)} THEN '{c}[{n + 1}],' ELSE '' END"
+                             for n in range(MAX_GROUP_INDEX))
+               + " ELSE '' END" for c in lists]
         )
         conn.exec_driver_sql(f"DROP TABLE IF EXISTS {outcome}")
         conn.exec_driver_sql(f"""
@@ -367,8 +376,8 @@ class Target:
             # Lists merge by index: the row's Nth item replaces the stored Nth, an empty slot keeps it.
             # Only where both sides hold a list and they differ: a new record has nothing to merge with,
             # an empty cell keeps the stored list anyway (the upsert's coalesce), an equal list is itself.
-            differs = {c: f"{incoming}.{c} IS NOT NULL AND t.{c} IS NOT NULL AND {incoming}.{c} <> t.{c}"
-                       for c in lists}
+            differs = {c: f"{incoming}.{c} IS NOT NULL AND t.{c} IS NOT NULL AND "
+                          f"{self.lists_differ(f'{incoming}.{c}', f't.{c}')}" for c in lists}
             conn.exec_driver_sql(
                 f"UPDATE {incoming} SET " + ", ".join(
                     f"{c} = CASE WHEN {differs[c]} THEN {self.list_merge(f'{incoming}.{c}', f't.{c}')} "

@@ -48,6 +48,10 @@ class SqliteTarget(Target):
         return f"CASE WHEN json_type({array}, '$[{n}]') <> 'null' THEN json_extract({array}, '$[{n}]') END"
 
     @classmethod
+    def lists_differ(cls, a: str, b: str) -> str:
+        return f"json({a}) IS NOT json({b})"  # json() minifies: the same list compares equal
+
+    @classmethod
     def list_merge(cls, new: str, old: str) -> str:
         def item(e: str) -> str:  # an item as JSON text: json_each gives strings unquoted
             return f"CASE WHEN {e}.type = 'text' THEN json_quote({e}.value) WHEN {e}.type <> 'null' THEN {e}.value END"
