@@ -365,13 +365,16 @@ class Target:
             WHERE status = 'Changed'""")
         if entity.match_on:
             # A key that finds one record while the name, birth date and sex match another: say so.
-            others = (f"SELECT {self.list_agg('k')} FROM (SELECT t.{key} AS k FROM {incoming} s "
-                      f"JOIN {entity.table} t ON t.match_key = s.match_key AND t.{key} <> s.{key} "
-                      f"WHERE s.rid = {outcome}.rid ORDER BY t.{key}) m")
+            # One join for the batch (a correlated lookup per row took most of a 1M-row re-import).
             conn.exec_driver_sql(f"""
                 UPDATE {outcome} SET message = 'warning: {key}: the name, birth date and sex also match '
-                    || 'the stored record with {key} ' || ({others}) || '; check this is the same patient'
-                WHERE status IN ('Updated', 'Unchanged') AND ({others}) IS NOT NULL""")
+                    || 'the stored record with {key} ' || w.keys || '; check this is the same patient'
+                FROM (SELECT rid, {self.list_agg('k')} AS keys
+                      FROM (SELECT s.rid, t.{key} AS k FROM {incoming} s
+                            JOIN {entity.table} t ON t.match_key = s.match_key AND t.{key} <> s.{key}
+                            ORDER BY s.rid, t.{key}) m
+                      GROUP BY rid) w
+                WHERE w.rid = {outcome}.rid AND {outcome}.status IN ('Updated', 'Unchanged')""")
         if lists:
             # Lists merge by index: the row's Nth item replaces the stored Nth, an empty slot keeps it.
             # Only where both sides hold a list and they differ: a new record has nothing to merge with,
