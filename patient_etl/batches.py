@@ -30,7 +30,8 @@ AWAITING_APPROVAL = "Awaiting approval"
 PRIVATE_UMASK = 0o077  # everything written under the home is its owner's alone: folders 0700, files 0600
 # A temporary file in the home is hidden and carries its writer's process id, so that the next start
 # can tell a killed process's leftovers (removed) from a live process's work in progress (kept):
-# `.target-<pid>-*.csv` (bulk moves), `.<name>.<pid>.writing` (results), `.<name>.<pid>.tmp` (the registry).
+# `.target-<pid>-*.csv` (bulk moves), `.<name>.<pid>.writing` (results), `.<name>.<pid>.tmp` (the registry,
+# staging's clean copies, and the folder `.unpacked.<pid>.tmp/` of a zip's members).
 LEFTOVER = re.compile(r"^\.(?:target-(?P<pid>\d+)-.*\.csv|.+\.(?P<pid2>\d+)\.(?:writing|part|tmp))$")
 # Landing's downloads (`archive/<batch>/<name>.part`) carry no process id: one untouched this long is dead.
 STALE_DOWNLOAD_SECONDS = 3600
@@ -150,8 +151,15 @@ class Home:
         removed = []
         for folder, dirs, files in os.walk(self.root):
             base = Path(folder)
-            for name in dirs:
+            for name in list(dirs):
                 path = base / name
+                match = LEFTOVER.match(name)
+                pid = match and (match.group("pid") or match.group("pid2"))
+                if pid and not _alive(int(pid)) and not path.is_symlink():  # staging's unpacked members
+                    shutil.rmtree(path, ignore_errors=True)
+                    dirs.remove(name)
+                    removed.append(path)
+                    continue
                 with contextlib.suppress(FileNotFoundError):
                     if path.lstat().st_mode & 0o077 and not path.is_symlink():
                         path.chmod(0o700)

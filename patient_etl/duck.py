@@ -11,3 +11,14 @@ def first_row(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = No
 
 def scalar(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None):
     return first_row(con, sql, params)[0]
+
+
+def in_memory(spill: str | None = None) -> duckdb.DuckDBPyConnection:
+    """An in-memory database. DuckDB spills a large one to `.tmp` in the working directory, outside the
+    home: this one spills into `spill` (a folder inside the home) or, given none, never to disk."""
+    return duckdb.connect(config={"temp_directory": spill or ""})
+
+
+def spill_folder(con: duckdb.DuckDBPyConnection) -> str:
+    """Where `con` spills: a stage database's own `<file>.tmp`, beside it in the home."""
+    return scalar(con, "SELECT current_setting('temp_directory')")

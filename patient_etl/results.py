@@ -22,6 +22,7 @@ from pathlib import Path
 import duckdb
 
 from patient_etl.batches import Batch
+from patient_etl.duck import in_memory
 from patient_etl.entities import ENTITIES
 from patient_etl.entities.spec import is_messages_column
 
@@ -73,7 +74,7 @@ def sql_literal(text: str) -> str:
 def write_failed(folder: Path, batch: Batch, reason: str, scope: str = "file") -> Path:
     """A failed batch's results file: one line carrying the reason (`error: <scope>: <reason>`)."""
     tmp, final = claim_name(folder, results_base(batch))
-    duck = duckdb.connect()
+    duck = in_memory()
     try:
         message = neutralize(sql_literal(f"error: {scope}: {reason}"))
         write_csv(duck, f"SELECT NULL::BIGINT AS row_number, NULL AS entity, NULL AS external_id, "

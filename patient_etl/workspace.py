@@ -9,10 +9,11 @@ processes, so no two steps ever share one):
 | `staged.duckdb` | staging | `staged_<entity>`, `raw_<file>`, `batch_files`, `header_map` |
 | `checks.duckdb` | row checks | `checked_<entity>` (raw text, `<field>__value`), `row_outcome_<entity>`, `row_messages` |
 | `<entity>.duckdb` | normalize, one per entity | `<entity>` |
-| `linkage.duckdb` | possible duplicates (absent when linkage is off or failed) | `possible_duplicates` |
-| `publish.duckdb` | publish | (none: its scratch tables stay its own) |
+| `publish.duckdb` | publish | `row_log`, `row_log_since_preview` (an approval), `outcome_<entity>` |
+| `linkage.duckdb` | possible duplicates, after publish (absent when off or failed) | `possible_duplicates` |
 
-plus `unpacked/` (the members of a zip batch). The raw bytes live in `archive/<batch>/` (landing).
+plus `.unpacked.<pid>.tmp/` (the members of a zip batch while it is staged). The raw bytes live in
+`archive/<batch>/` (landing).
 A stage opens its own database with `Workspace.open(stage)` and names every table, its own or an
 upstream one, through the connection's methods; it never spells another stage's names.
 """
@@ -27,7 +28,7 @@ from pathlib import Path
 
 import duckdb
 
-from patient_etl.batches import Home
+from patient_etl.batches import Home, temporary_name
 
 STAGED = "staged"
 CHECKS = "checks"
@@ -74,8 +75,9 @@ class Workspace:
 
     @property
     def unpacked(self) -> Path:
-        """Where a zip batch's members are extracted for staging."""
-        return self.folder / "unpacked"
+        """Where a zip batch's members (and a careful read's clean copy) are written for staging: named by
+        this process, so that what a killed run left in clear is removed at the next start (batches.LEFTOVER)."""
+        return self.folder / temporary_name("unpacked")
 
     def path(self, stage: str) -> Path:
         return self.folder / _file_name(stage)
@@ -189,6 +191,22 @@ class StageDb:
     # normalize
     def normalized(self, entity: str) -> str:
         return self._name(entity_stage(entity), entity)
+
+    # publish
+    @property
+    def row_log(self) -> str:
+        """One row per source row, as the results file and the target's row log have it (`ROW_LOG_COLUMNS`)."""
+        return self._name(PUBLISH, "row_log")
+
+    @property
+    def reviewed_log(self) -> str:
+        """An approval's row log with `since_preview` (present only when this run approved a held batch)."""
+        return self._name(PUBLISH, "row_log_since_preview")
+
+    def published_outcome(self, entity: str) -> str:
+        """Per applied row: `rid`, `key` (the ID it was published under), `status` (Created, Updated, Unchanged,
+        Conflict, Ambiguous), `changed_fields`, `message`. Absent when the run reported a recovered outcome."""
+        return self._name(PUBLISH, f"outcome_{entity}")
 
     # linkage
     @property

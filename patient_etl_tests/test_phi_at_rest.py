@@ -104,11 +104,15 @@ def test_a_killed_runs_temporary_files_are_removed_at_the_next_start(tmp_path, h
     staging.mkdir(parents=True)
     (home / "results").mkdir()
     (home / "archive" / "b").mkdir(parents=True)
-    (staging / "unpacked").mkdir()
+    unpacked, unpacking = staging / f".unpacked.{dead.pid}.tmp", staging / f".unpacked.{live}.tmp"
+    (unpacked / "000_roster.csv").parent.mkdir()
+    unpacking.mkdir()
     leftovers = [staging / f".target-{dead.pid}-abc.csv", home / "results" / f".x_results.{dead.pid}.writing",
-                 staging / "unpacked" / f".clean_000.csv.{dead.pid}.tmp",  # staging's clean copy of a file
+                 unpacked / "000_roster.csv",  # a zip's member, unpacked by a run that was killed
+                 unpacked / f".clean_000.csv.{dead.pid}.tmp",  # staging's clean copy of a file
                  home / "archive" / "b" / "roster.csv.part"]
-    kept = [staging / f".target-{live}-abc.csv", staging / "staged.duckdb", home / "results" / "x_results.csv"]
+    kept = [staging / f".target-{live}-abc.csv", staging / "staged.duckdb", home / "results" / "x_results.csv",
+            unpacking / "000_roster.csv"]  # a live run's
     kept.append(home / "archive" / "b" / "other.csv.part")  # a download in progress
     for path in leftovers + kept:
         path.write_text("Ada,Lovelace")
@@ -119,6 +123,7 @@ def test_a_killed_runs_temporary_files_are_removed_at_the_next_start(tmp_path, h
                           text=True, check=False)
     assert done.returncode == 0, done.stderr
     assert [p.name for p in leftovers if p.exists()] == []
+    assert not unpacked.exists()
     assert [p.name for p in kept if not p.exists()] == []
     assert [p.name for p in kept if p.stat().st_mode & 0o077] == []
     assert Home(home).root.stat().st_mode & 0o777 == 0o700

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import duckdb
 
+from patient_etl.duck import in_memory, spill_folder
 from patient_etl.linkage import model as m
 from patient_etl.linkage.default import default_model
 from patient_etl.linkage.records import IDENTITY_COLUMNS, RECORD_COLUMNS, member_records_sql
@@ -45,10 +46,10 @@ class LinkResult:
 # -- backends ---------------------------------------------------------------------------------------
 
 class _DuckDB:
-    def __init__(self):
+    def __init__(self, spill: str):
         from splink import DuckDBAPI
 
-        self.con = duckdb.connect()  # in memory, this call's own: Splink's tables vanish with it
+        self.con = in_memory(spill)  # this call's own, spilling in the home: Splink's tables vanish with it
         self.api = DuckDBAPI(self.con)
 
     def register(self, table, name: str):
@@ -67,10 +68,10 @@ class _DuckDB:
 
 
 class _Spark:
-    def __init__(self, master: str):
+    def __init__(self, master: str, spill: str):
         from splink import SparkAPI
 
-        self.spark = spark_session(master)
+        self.spark = spark_session(master, spill)
         # Splink breaks long query lineages by checkpointing, which needs a checkpoint directory (shared
         # storage on a cluster); without one, persisted tables do the same job.
         lineage = None if self.spark.sparkContext.getCheckpointDir() else "persist"
@@ -96,12 +97,16 @@ class _Spark:
             self.spark.catalog.dropTempView(view)
 
 
-def spark_session(master: str = "local[2]"):
-    """The process's Spark session, with Splink's similarity functions (a jar shipped with Splink)."""
+def spark_session(master: str = "local[2]", spill: str | None = None):
+    """The process's Spark session, with Splink's similarity functions (a jar shipped with Splink). In local
+    mode its shuffle and spill files go to `spill` (inside the home), not the system's temporary folder."""
     from pyspark.sql import SparkSession
     from splink.backends.spark import similarity_jar_location
 
-    return (SparkSession.builder.master(master).appName("patient_etl linkage")
+    builder = SparkSession.builder
+    if spill and master.startswith("local"):
+        builder = builder.config("spark.local.dir", spill)
+    return (builder.master(master).appName("patient_etl linkage")
             .config("spark.jars", similarity_jar_location())
             .config("spark.ui.enabled", "false")
             .config("spark.ui.showConsoleProgress", "false")
@@ -110,8 +115,10 @@ def spark_session(master: str = "local[2]"):
             .getOrCreate())
 
 
-def _backend(settings: LinkageSettings):
-    return _Spark(settings.spark_master) if settings.engine == "spark" else _DuckDB()
+def _backend(settings: LinkageSettings, con: duckdb.DuckDBPyConnection):
+    """The engine's backend; what it spills goes where `con` (a database in the home) spills."""
+    spill = spill_folder(con)
+    return _Spark(settings.spark_master, spill) if settings.engine == "spark" else _DuckDB(spill)
 
 
 def _linker(backend, records, splink_model):
@@ -141,7 +148,7 @@ def train_model(con: duckdb.DuckDBPyConnection, target: str, model_dir: Path | s
     if records.num_rows < m.MIN_TRAINING_RECORDS:
         raise ValueError(f"too few members to train a linkage model: {records.num_rows} "
                          f"(at least {m.MIN_TRAINING_RECORDS})")
-    backend = _backend(settings)
+    backend = _backend(settings, con)
     try:
         linker = _linker(backend, backend.register(records, "linkage_records"), None)
         m.train(linker, settings, records.num_rows)
@@ -193,7 +200,7 @@ def find_possible_duplicates(
     elif info is None:
         info = default_model()  # too few to train on: the cold-start model, not saved
 
-    backend = _backend(settings)
+    backend = _backend(settings, con)
     try:
         batch_sdf = backend.register(batch_records.select(list(RECORD_COLUMNS)), "linkage_batch")
         target_sdf = backend.register(target_records.select(list(RECORD_COLUMNS)), "linkage_target")

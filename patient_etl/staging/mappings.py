@@ -17,6 +17,7 @@ from pathlib import Path
 import duckdb
 import yaml
 
+from patient_etl.duck import in_memory
 from patient_etl.entities import ENTITIES
 from patient_etl.entities.spec import header_key
 from patient_etl.errors import SafeError
@@ -166,7 +167,7 @@ def _entity_mapping(template: str, name: str, spec: dict) -> EntityMapping:
 def _select_aliases(where: str, sql: str) -> set[str] | None:
     """The output names of a SELECT, from DuckDB's own parser (nothing is run); None when they can only
     be known by running it (`*`, a set operation): staging then checks what the SELECT produced."""
-    con = duckdb.connect()
+    con = in_memory()
     try:
         try:
             statements = con.extract_statements(sql)
