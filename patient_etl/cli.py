@@ -298,7 +298,7 @@ def decide_batch(etl: PatientEtl, batch_id: str, decision: str, reason: str, as_
 
 def list_duplicates(etl: PatientEtl, only_open: bool, as_json: bool) -> int:
     """`duplicates`: the target's possible-duplicate pairs, by member ID (no names or birth dates)."""
-    from patient_etl.publish.duplicates import list_pairs
+    from patient_etl.linkage.merge import list_pairs
     from patient_etl.target import open_target
 
     target = open_target(etl.target())
@@ -323,7 +323,7 @@ def list_duplicates(etl: PatientEtl, only_open: bool, as_json: bool) -> int:
 
 def resolve_duplicate(etl: PatientEtl, pair_id: str, decision: str, by: str | None, as_json: bool) -> int:
     """`duplicates resolve ID --same|--different`: a person's decision on a pair; nothing is merged."""
-    from patient_etl.publish.duplicates import decide_pair
+    from patient_etl.linkage.merge import decide_pair
     from patient_etl.results import utc_now
     from patient_etl.target import open_target
 

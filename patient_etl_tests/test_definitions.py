@@ -48,7 +48,10 @@ def test_asset_graph_reads_as_the_flow():
     assert parents["care"] == {"row_checks", "member", "provider"}
     assert parents["claim"] == {"row_checks", "member", "provider", "care"}
     assert parents["eop"] == {"row_checks", "claim"}
-    assert parents["delivered_results"] == {"published_batch"}
+    # Linkage follows publishing and never gates it; delivery waits for its warnings.
+    assert groups["possible_duplicates"] == "linkage"
+    assert parents["possible_duplicates"] == {"published_batch"}
+    assert parents["delivered_results"] == {"published_batch", "possible_duplicates"}
     assert all(isinstance(graph.get(k).partitions_def, dg.DynamicPartitionsDefinition)
                for k in graph.get_all_asset_keys())
     assert {s.name for s in defs.sensors} >= {"upload_folder_sensor"}

@@ -8,7 +8,7 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "patient_etl"
-FLOW = ("sources", "staging", "quality", "normalize", "linkage", "publish")
+FLOW = ("sources", "staging", "quality", "normalize", "publish", "linkage")
 # Assemble the flow (the entry point, the command line, schedules) or end a batch from any stage.
 ASSEMBLY = {"definitions", "cli", "schedules", "jobs"}
 END_OF_ANY_STAGE = {"failure": {"sources"}}  # the failure path delivers results back to the source

@@ -60,14 +60,19 @@ def _run_text(instance: dg.DagsterInstance, run_id: str) -> tuple[str, dict]:
     return "\n".join(texts), linkage
 
 
-def test_the_stage_sits_between_member_and_publish_and_loads_no_splink():
+def test_the_stage_sits_after_publish_before_delivery_and_loads_no_splink():
     from patient_etl.definitions import defs
 
     graph = defs.resolve_asset_graph()
     parents = {k.to_user_string(): {p.to_user_string() for p in graph.get(k).parent_keys}
                for k in graph.get_all_asset_keys()}
-    assert parents["possible_duplicates"] == {"member"}
-    assert "possible_duplicates" in parents["published_batch"]
+    # Publishing never waits for linkage; the partner's results file does (it carries the warnings).
+    assert parents["possible_duplicates"] == {"published_batch"}
+    assert "possible_duplicates" not in parents["published_batch"]
+    assert "possible_duplicates" in parents["delivered_results"]
+    for job in ("approve_batch_job", "reject_batch_job"):
+        assert "possible_duplicates" in {k.to_user_string() for k in defs.resolve_job_def(job).asset_layer
+                                         .executable_asset_keys}
     assert "possible_duplicates" in {k.to_user_string() for k in defs.resolve_job_def("import_job").asset_layer
                                      .executable_asset_keys}
     probe = "import sys, patient_etl.definitions; print(sorted(m for m in ('splink', 'pyspark') if m in sys.modules))"
@@ -210,6 +215,28 @@ def test_linkage_failing_or_slow_leaves_the_batch_published_with_its_results(tmp
     assert linkage["outcome"] == {"corrupt model": "failed", "too slow": "timed out", "switched off": "off"}[trouble]
     assert ("published without them" in text) == (trouble != "switched off")
     assert not [p for p in PHI if p in text]
+    # The batch was committed before linkage began: publish never waits for it.
+    steps = [(r.event_log_entry.step_key, r.event_log_entry.dagster_event.event_type_value)
+             for r in instance.get_records_for_run(outcome["run_id"], limit=10_000).records
+             if r.event_log_entry.dagster_event and r.event_log_entry.step_key]
+    published = steps.index(("published_batch", "STEP_SUCCESS"))
+    assert published < steps.index(("possible_duplicates", "STEP_START"))
+
+
+def test_a_keyless_row_matching_several_members_is_errored_and_linkage_names_its_candidates(tmp_path, run_import,
+                                                                                             etl):
+    twins = ("T1,Ann,Lee,1980-01-02,F,617-555-0100", "T2,Ann,Lee,1980-01-02,F,617-555-0100")
+    assert run_import(write_csv(tmp_path / "roster.csv", HEADER, *twins), etl)["counts"]["Created"] == 2
+    update = run_import(write_csv(tmp_path / "update.csv", HEADER, ",Ann,Lee,1980-01-02,F,617-555-0100"), etl)
+    (row,) = read_results(update)
+    assert row["status"] == "Errored" and "match 2 stored records (member_id T1, T2)" in row["messages"]
+    assert "warning: member: possible duplicate of member T1 (match probability" in row["messages"]
+    assert "warning: member: possible duplicate of member T2 (match probability" in row["messages"]
+    assert {(p["row_number"], p["external_id"], p["duplicate_of"]) for p in _pairs_file(update)} == {
+        ("1", "", "T1"), ("1", "", "T2")}
+    # Nothing was published for the row: no pair of IDs to review, only T1 and T2 from the first batch.
+    assert query(etl.target(), "SELECT member_id_a, member_id_b FROM possible_duplicate") == [("T1", "T2")]
+    assert query(etl.target(), "SELECT count(*) FROM member") == [(2,)]
 
 
 def test_linkage_settings_come_from_the_one_settings_mapping(monkeypatch):

@@ -6,8 +6,9 @@ target's members and kept as a versioned JSON file under the home; while there a
 train on, a cold-start model shipped with the package stands in. Nothing here merges anything: the
 output is a list of pairs for a person to review.
 
-In the flow it is the `possible_duplicates` stage (`assets.py`: after `member`, before publish, which
-merges its pairs), run in a process of its own (`run.py`) within a time limit; it never fails a batch.
+In the flow it is the `possible_duplicates` stage (`assets.py`: after publish, which it never delays,
+and before the results are delivered), run in a process of its own (`run.py`) within a time limit; its
+pairs are merged into the batch's results by `merge.py`. It never fails a batch.
 
 Heavy libraries (splink, pyspark) are imported inside the functions that need them, so importing this
 package costs nothing when the code location loads.

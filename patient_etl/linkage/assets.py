@@ -1,10 +1,12 @@
-"""Possible duplicates: the batch's members linked within the batch and against the target, before publish.
+"""Possible duplicates: the batch's members linked within the batch and against the target, after publish.
 
-The stage sits between the `member` normalization and `published_batch`, which merges its pairs into the
-batch's outcome (a warning per flagged row, the pairs file, the target's `possible_duplicate` table). It
-links against the target as it was before this batch. It never stops a batch: when linkage is off, or
-fails (a corrupt model, a wrong setting, Splink itself), it materializes with `outcome` saying so and no
-pairs, and the batch is published without them.
+The stage follows `published_batch`, so a slow or failing linkage never delays or blocks publishing, and
+precedes `delivered_results`, so the partner's results file carries its warnings. It links the rows as
+published (each with the member ID publish gave it) against the target's other members, which is the
+target as it was before this batch. Its pairs are merged by `linkage.merge`: a warning per flagged row in
+the results file, the pairs file, the target's `possible_duplicate` table. It never stops a batch: when
+linkage is off, or fails (a corrupt model, a wrong setting, Splink itself), or runs out of time, it
+materializes with `outcome` saying so and no pairs.
 """
 
 import json
@@ -15,35 +17,58 @@ import sys
 
 import dagster as dg
 
-from patient_etl.entities.spec import derived_key_sql
+from patient_etl.batches import AWAITING_APPROVAL, Batch
 from patient_etl.errors import SafeError, phi_safe
+from patient_etl.linkage.merge import merge_pairs
 from patient_etl.linkage.settings import LinkageSettings
 from patient_etl.partitions import batches
 from patient_etl.resources import PatientEtl
+from patient_etl.target import open_target
 from patient_etl.target.schema import REVIEW_DIFFERENT
-from patient_etl.workspace import LINKAGE, StageDb, Workspace, entity_stage
+from patient_etl.workspace import CHECKS, LINKAGE, PUBLISH, StageDb, Workspace, entity_stage
 
 # The target's member columns the records are built from (see linkage.records.member_records_sql).
 MEMBER_COLUMNS = ("member_id", "first_name", "last_name", "birth_date", "sex", "addresses", "emails", "phones",
                   "ssn_hash", "match_key")
+LINKED = ("Finished", "Finished with Errors", AWAITING_APPROVAL)  # a batch published, dry-run or previewed
 
 
-@dg.asset(partitions_def=batches, group_name="linkage", deps=[dg.AssetKey("member")])
+@dg.asset(partitions_def=batches, group_name="linkage", deps=[dg.AssetKey("published_batch")])
 def possible_duplicates(context: dg.AssetExecutionContext, etl: PatientEtl) -> dg.MaterializeResult:
     """The batch's members that may be patients the target already holds, or rows sent twice."""
     batch_id = context.partition_key
+    batch = etl.registry().require(batch_id)
     workspace = etl.workspace(batch_id)
-    workspace.discard(LINKAGE)  # publish merges only this run's pairs
+    workspace.discard(LINKAGE)  # only this run's pairs are merged
+    if batch.status not in LINKED:  # rejected or expired: nothing was published or previewed
+        return dg.MaterializeResult(metadata={"outcome": f"not looked for: the batch is {batch.status}"})
     try:
         with phi_safe(etl.home_dir(), batch_id, "linking possible duplicates"):
             metadata = run_linkage(etl, batch_id) if etl.linkage_on() else {"outcome": "off"}
+            if metadata["outcome"] == "linked":
+                metadata |= merge(etl, workspace, batch)
     except (dg.Failure, SafeError) as exc:  # both PHI-safe by construction
         metadata = {"outcome": "failed", "reason": exc.description if isinstance(exc, dg.Failure) else str(exc)}
     if metadata["outcome"] in ("failed", "timed out"):
         workspace.discard(LINKAGE)
         context.log.warning(f"batch {batch_id}: possible duplicates not looked for ({metadata['reason']}); "
                             "the batch is published without them")
+    if metadata.get("possible_duplicates_file"):
+        metadata["possible_duplicates_file"] = dg.MetadataValue.path(metadata["possible_duplicates_file"])
+    else:
+        metadata.pop("possible_duplicates_file", None)
     return dg.MaterializeResult(metadata=metadata)
+
+
+def merge(etl: PatientEtl, workspace: Workspace, batch: Batch) -> dict:
+    """The pairs into the batch's results file and pairs file and, when it was published, the target."""
+    held = batch.status == AWAITING_APPROVAL
+    label = "_dry-run" if batch.dry_run else "_preview" if held else ""
+    target = open_target(etl.target(), work_dir=workspace.folder)
+    try:
+        return merge_pairs(etl.home_dir(), target, workspace, batch, label, record=not (batch.dry_run or held))
+    finally:
+        target.dispose()
 
 
 def linkage_settings(etl: PatientEtl) -> LinkageSettings:
@@ -60,9 +85,9 @@ def linkage_settings(etl: PatientEtl) -> LinkageSettings:
 
 def run_linkage(etl: PatientEtl, batch_id: str) -> dict:
     """`link_batch` in a process of its own (`python -m patient_etl.linkage.run`), stopped after the
-    time limit: a slow linkage delays the batch's publish by that much at most, and Splink's memory
-    (and a Spark session's JVM) goes with the process. Its traceback, which may quote data, goes to the
-    home's logs, never to Dagster."""
+    time limit: a slow linkage delays the delivery of the results file by that much at most (publishing
+    is already done), and Splink's memory (and a Spark session's JVM) goes with the process. Its
+    traceback, which may quote data, goes to the home's logs, never to Dagster."""
     settings = {name: getattr(etl, name) for name in type(etl).model_fields}
     child = subprocess.Popen([sys.executable, "-m", "patient_etl.linkage.run", batch_id], stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
@@ -92,16 +117,19 @@ def private_log(etl: PatientEtl, batch_id: str, text: str) -> str:
 
 
 def link_batch(etl: PatientEtl, workspace: Workspace) -> dict:
-    """Link the batch's normalized members; the pairs stay in the stage's database for publish."""
+    """Link the batch's members as published; the pairs stay in the stage's database for the merge."""
     from patient_etl.linkage.link import find_possible_duplicates
 
     settings = linkage_settings(etl)
-    with workspace.open(LINKAGE, reads=[entity_stage("member")]) as db:
+    with workspace.open(LINKAGE, reads=[entity_stage("member"), CHECKS, PUBLISH]) as db:
         members = db.normalized("member")
         if not db.has_table(members):
             return {"outcome": "no members in the batch"}
+        members = published_members(db, members)
         fetch_target_members(etl, db)
-        members = keyed_members(db, members)
+        # The target as it was before this batch: the members the batch created or updated are its rows.
+        db.con.execute(f"DELETE FROM {db.linkage_target} WHERE member_id IN "
+                       f"(SELECT member_id FROM {members} WHERE member_id IS NOT NULL)")
         result = find_possible_duplicates(db.con, members, db.linkage_target, etl.home_dir().linkage_models,
                                           settings, into=db.possible_duplicates, known_different=db.known_different)
     return {"outcome": "linked", "pairs": result.pairs, "within_batch": result.within_batch,
@@ -110,28 +138,30 @@ def link_batch(etl: PatientEtl, workspace: Workspace) -> dict:
             "model_trained": result.trained, "engine": settings.engine, "seconds": result.seconds}
 
 
-def keyed_members(db: StageDb, members: str) -> str:
-    """The batch's members, each keyless row with the ID publish will give it (the one stored member with
-    its match key, else the derived `auto-` key), so a decision on its pair holds the next time. A match
-    key shared by two or more stored members stays keyless: publish errors that row."""
+def published_members(db: StageDb, members: str) -> str:
+    """The batch's member rows as publish decided them, each with the member ID it was published under (a
+    keyless row's matched or derived ID), so a decision on its pair holds the next time. Errored rows are
+    left out, except a keyless row whose name, birth date and sex matched several stored members: it is
+    linked without an ID (and without its match key, so those members are not taken for itself), which
+    names its candidates. A recovered run (no outcome tables) links the rows the row log published."""
     keyed = db.scratch("batch_members")
+    outcome = db.published_outcome("member")
+    ambiguous = (f"o.rid IN (SELECT rid FROM {outcome} WHERE status = 'Ambiguous')" if db.has_table(outcome)
+                 else "false")
     db.con.execute(f"""
         CREATE TABLE {keyed} AS
-        SELECT m.* REPLACE (coalesce(m.member_id, CASE WHEN t.n = 1 THEN t.only_id
-                                                       WHEN t.n IS NULL THEN {derived_key_sql('m.match_key')} END)
-                            AS member_id)
+        SELECT m.* REPLACE (r.external_id AS member_id,
+                            CASE WHEN r.status = 'Errored' THEN NULL ELSE m.match_key END AS match_key)
         FROM {members} m
-        LEFT JOIN (SELECT match_key, min(member_id) AS only_id, count(*) AS n FROM {db.linkage_target}
-                   WHERE match_key IS NOT NULL GROUP BY match_key) t
-               ON m.member_id IS NULL AND t.match_key = m.match_key""")
+        JOIN {db.outcome('member')} o USING (rid)
+        JOIN {db.row_log} r ON r.entity = 'member' AND r.file_index = o.file_index AND r.row_number = o.row_number
+        WHERE r.status <> 'Errored' OR {ambiguous}""")
     return keyed
 
 
 def fetch_target_members(etl: PatientEtl, db: StageDb) -> None:
     """The target's members and the pairs decided to be different people, copied into the stage's database
     (empty tables on a target that has none yet)."""
-    from patient_etl.target import open_target
-
     target = open_target(etl.target(), work_dir=db.workspace.folder)
     try:
         with target.connect() as conn:

@@ -21,9 +21,8 @@ class PublishConfig(dg.Config):
     decided_by: str = ""  # who decides, when the run carries no user (the CLI's user or --as NAME)
 
 
-# After possible_duplicates, whose pairs it merges (that stage never fails: see linkage/assets.py).
-@dg.asset(partitions_def=batches, group_name="publish",
-          deps=[*(dg.AssetKey(name) for name in ENTITIES), dg.AssetKey("possible_duplicates")],
+# Possible duplicates come after (linkage/assets.py): a slow or failing linkage never delays this.
+@dg.asset(partitions_def=batches, group_name="publish", deps=[dg.AssetKey(name) for name in ENTITIES],
           retry_policy=retry_policy(2, delay=2))
 def published_batch(context: dg.AssetExecutionContext, config: PublishConfig, etl: PatientEtl,
                     sources: Sources) -> dg.MaterializeResult:
@@ -82,8 +81,6 @@ def published_batch(context: dg.AssetExecutionContext, config: PublishConfig, et
         **review.review_metadata(batch),
         "by_entity": dg.MetadataValue.md(by_entity_table(summary.by_entity)),
         "results_file": dg.MetadataValue.path(summary.results_file),
-        **({"possible_duplicates_file": dg.MetadataValue.path(summary.possible_duplicates_file)}
-           if summary.possible_duplicates_file else {}),
         "target": safe_url(etl.target()),
         **({"recovered_from_run": summary.recovered_from} if summary.recovered_from else {}),
     })

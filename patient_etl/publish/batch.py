@@ -12,13 +12,13 @@ from patient_etl import results
 from patient_etl.batches import Batch, Home
 from patient_etl.entities import ENTITIES
 from patient_etl.entities.spec import Entity
-from patient_etl.publish import duplicates, review
+from patient_etl.publish import review
 from patient_etl.publish.references import check_references
 from patient_etl.results import STATUSES, batch_row, results_base, utc_now
 from patient_etl.target import maybe_die_after_commit, maybe_die_before_commit, open_target
 from patient_etl.workspace import CHECKS, PUBLISH, STAGED, StageDb, Workspace, entity_stage
 
-ROW_LOG = "row_log"  # publish's own table: one row per source row, as the results file and the target log it
+ROW_LOG = "row_log"  # publish's own table (Workspace names it for the stages after): a row per source row
 
 
 @dataclass
@@ -31,7 +31,6 @@ class PublishSummary:
     recovered_from: str | None = None  # the run whose committed outcome this is (it ended before recording it)
     held: str | None = None  # held for review: why (nothing was written to the target)
     changed_since_preview: dict[str, int] | None = None  # approval: outcomes that differ from the preview
-    possible_duplicates_file: str | None = None  # the flagged pairs beside the results file, when any
 
 
 def publish_order(entities: list[Entity]) -> list[Entity]:
@@ -99,8 +98,6 @@ def publish_batch(home: Home, batch: Batch, target_url: str, dry_run: bool = Fal
                     if held:
                         review.save_preview(duck, ROW_LOG, review.preview_outcomes(workspace))
                 elif not recovered:
-                    duplicates.resolve_pairs(db, ROW_LOG)
-                    duplicates.record_pairs(conn, target, db, batch.batch_id, now)
                     target.write_logs(conn, duck, f"SELECT * FROM {ROW_LOG}",
                                       batch_row(batch, status, counts, final.name, run_id=run_id))
                     maybe_die_before_commit()
@@ -109,7 +106,6 @@ def publish_batch(home: Home, batch: Batch, target_url: str, dry_run: bool = Fal
             results_file = results.link_into_place(tmp, final)
             label = "_dry-run" if dry_run else "_preview" if held else ""
             errors_files = _write_errors_files(home, db, batch, label)
-            pairs_file = duplicates.write_pairs_file(home, db, batch, label)
             by_entity = {
                 e: dict(duck.execute(f"SELECT status, count(*) FROM {ROW_LOG} WHERE entity = ? GROUP BY status",
                                      [e]).fetchall())
@@ -117,7 +113,7 @@ def publish_batch(home: Home, batch: Batch, target_url: str, dry_run: bool = Fal
             }
         return PublishSummary(status, counts, str(results_file), errors_files, by_entity,
                               recovered_from=recovered["run_id"] if recovered else None, held=held,
-                              changed_since_preview=changed, possible_duplicates_file=pairs_file)
+                              changed_since_preview=changed)
     finally:
         target.dispose()
 
@@ -134,7 +130,6 @@ def _apply(conn, target, db: StageDb, batch: Batch, entities: list[Entity], now:
     for entity in entities:
         target.apply_entity(conn, duck, entity, batch.batch_id, now, write=not dry_run)
     _build_row_log(db, batch.batch_id, entities)
-    duplicates.add_warnings(db, ROW_LOG)
 
 
 def _build_row_log(db: StageDb, batch_id: str, entities: list[Entity]) -> None:

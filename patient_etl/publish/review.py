@@ -23,6 +23,7 @@ import duckdb
 
 from patient_etl import results
 from patient_etl.batches import AWAITING_APPROVAL, Batch, Registry
+from patient_etl.duck import in_memory
 from patient_etl.entities import ENTITIES
 from patient_etl.partitions import batches
 from patient_etl.resources import PatientEtl
@@ -35,7 +36,8 @@ PREVIEW_OUTCOMES = "preview_outcomes.parquet"  # in the batch's staging folder: 
 REVIEWED_LOG = "row_log_since_preview"
 DECISIONS = {"approve": "approved", "reject": "rejected", "expire": "expired"}
 ENDED = {"reject": "Rejected", "expire": "Expired"}
-PUBLISH_ASSETS = [dg.AssetKey("published_batch"), dg.AssetKey("delivered_results")]
+# A decision publishes, looks for possible duplicates (on approval) and delivers.
+PUBLISH_ASSETS = [dg.AssetKey("published_batch"), dg.AssetKey("possible_duplicates"), dg.AssetKey("delivered_results")]
 
 
 class ReviewRefused(Exception):
@@ -120,10 +122,10 @@ def save_preview(duck: duckdb.DuckDBPyConnection, row_log: str, path: Path) -> N
 
 
 def compare_with_preview(duck: duckdb.DuckDBPyConnection, row_log: str, preview: Path) -> dict[str, int]:
-    """A view `REVIEWED_LOG`: the row log plus `since_preview` where a row's outcome differs from the
+    """A table `REVIEWED_LOG`: the row log plus `since_preview` where a row's outcome differs from the
     preview; returns the changes counted by transition (`Created -> Updated`)."""
     duck.execute(f"""
-        CREATE OR REPLACE VIEW {REVIEWED_LOG} AS
+        CREATE OR REPLACE TABLE {REVIEWED_LOG} AS
         SELECT r.*, CASE WHEN p.status IS DISTINCT FROM r.status
                          THEN coalesce(p.status, 'not in the preview') || ' in the preview' END AS since_preview,
                p.status AS preview_status
@@ -223,7 +225,7 @@ def end_unpublished(log, etl: PatientEtl, batch: Batch, decision: str, decided_b
 
 def _write_ended(folder: Path, batch: Batch, status: str, message: str) -> Path:
     tmp, final = results.claim_name(folder, results.results_base(batch))
-    duck = duckdb.connect()
+    duck = in_memory()
     try:
         text = results.neutralize(results.sql_literal(message))
         results.write_csv(duck, f"SELECT NULL::BIGINT AS row_number, NULL AS entity, NULL AS external_id, "

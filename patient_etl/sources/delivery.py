@@ -35,7 +35,9 @@ def deliver_results(registry: Registry, batch: Batch, sources: Sources, log=None
     return delivered[batch.results_file]
 
 
-@dg.asset(partitions_def=batches, group_name="publish", deps=[dg.AssetKey("published_batch")],
+# After possible_duplicates, whose warnings go into the results file (that stage never fails).
+@dg.asset(partitions_def=batches, group_name="publish",
+          deps=[dg.AssetKey("published_batch"), dg.AssetKey("possible_duplicates")],
           output_required=False,
           retry_policy=retry_policy(4, delay=15, backoff=True))
 def delivered_results(context: dg.AssetExecutionContext, etl: PatientEtl, sources: Sources):

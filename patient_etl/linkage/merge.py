@@ -1,23 +1,26 @@
-"""Possible duplicates at publish: the linkage stage's pairs merged into the batch's outcome.
+"""Possible duplicates merged into the batch's outcome, after publish (which they never delay).
 
-Each flagged row gets a warning naming what it may duplicate by ID only (never the other member's
-values); the pairs go to `YYYY-MM-DD_<file>_possible_duplicates.csv` beside the results file and, in
-the publish transaction, to the target's `possible_duplicate` table: one row per pair of member IDs,
-kept across runs with its review status. A batch whose linkage was off or failed has no pairs here.
+Each flagged row gets a warning in the results file naming what it may duplicate by ID only (never the
+other member's values): the results file publish wrote is rewritten in place, before it is delivered.
+The pairs go to `YYYY-MM-DD_<file>_possible_duplicates.csv` beside it and, for a published batch, to the
+target's `possible_duplicate` table: one row per pair of member IDs, kept across runs with its review
+status. A batch whose linkage was off or failed has no pairs here.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import sqlalchemy as sa
 
 from patient_etl import results
-from patient_etl.batches import Batch, Home
+from patient_etl.batches import Batch, Home, temporary_name
+from patient_etl.duck import in_memory, scalar
 from patient_etl.target.schema import POSSIBLE_DUPLICATE, REVIEW_DIFFERENT, REVIEW_OPEN, REVIEW_SAME
-from patient_etl.workspace import LINKAGE, StageDb
+from patient_etl.workspace import LINKAGE, StageDb, Workspace
 
-RESOLVED = "possible_duplicate_pairs"  # publish's own table: the pairs by published member IDs
+RESOLVED = "possible_duplicate_pairs"  # the merge's own table: the pairs by published member IDs
 PAIR_FILE_COLUMNS = ("row_number", "external_id", "duplicate_of", "match_probability", "strength", "agreed_fields",
                      "similar_fields", "file")
 
@@ -30,25 +33,59 @@ def available(db: StageDb) -> bool:
     return db.has_table(db.possible_duplicates)
 
 
-def add_warnings(db: StageDb, row_log: str) -> None:
-    """A warning on each flagged member row of the row log, by ID and probability, most probable first."""
-    if not available(db):
-        return
+def merge_pairs(home: Home, target, workspace: Workspace, batch: Batch, label: str, record: bool) -> dict:
+    """The linkage stage's pairs into the batch's outcome: warnings into its results file, the pairs file
+    and, when `record` (the batch was published, not previewed or dry-run), the target's table."""
+    db = StageDb(workspace, "merge", in_memory())  # its own tables in memory, the stages' attached read-only
+    try:
+        if not available(db) or not scalar(db.con, f"SELECT count(*) FROM {db.possible_duplicates}"):
+            return {"flagged_rows": 0}
+        reviewed = db.has_table(db.reviewed_log)
+        log = db.reviewed_log if reviewed else db.row_log
+        flagged = add_warnings(db, log, "amended_log")
+        rewrite_results(db, "amended_log", ("since_preview",) if reviewed else (), Path(batch.results_file))
+        pairs_file = write_pairs_file(home, db, batch, label)
+        recorded = 0
+        if record:
+            recorded = resolve_pairs(db, db.row_log)
+            with target.begin() as conn:
+                target.serialize_publishes(conn)
+                record_pairs(conn, target, db, batch.batch_id, results.utc_now())
+        return {"flagged_rows": flagged, "possible_duplicates_file": pairs_file, "pairs_recorded": recorded}
+    finally:
+        db.con.close()
+
+
+def rewrite_results(db: StageDb, log: str, extra: tuple[str, ...], path: Path) -> None:
+    """The batch's results file again, from `log`, in place (it has not been delivered yet)."""
+    tmp = path.with_name(temporary_name(path.name))
+    results.write_csv(db.con, results.results_query(log, db.batch_files, extra), tmp)
+    os.replace(tmp, path)
+
+
+def add_warnings(db: StageDb, log: str, into: str) -> int:
+    """`into`: the row log with a warning on each flagged member row, by ID and probability, most probable
+    first (an Errored row too: a keyless row matching several stored members is named its candidates).
+    Returns how many rows were flagged."""
     probability = "CAST(floor(p.match_probability * 100) / 100 AS DECIMAL(3, 2))"
     db.con.execute(f"""
-        UPDATE {row_log} SET messages = concat_ws('; ', {row_log}.messages, w.warnings)
-        FROM (SELECT o.file_index, o.row_number, string_agg(
-                  'warning: member: possible duplicate of '
-                  || CASE WHEN p.duplicate_in = 'target' THEN 'member ' || p.duplicate_of
-                          WHEN p.duplicate_of LIKE 'row %' THEN p.duplicate_of || ' of this batch'
-                          ELSE 'member ' || p.duplicate_of || ' (row ' || p.duplicate_of_row || ' of this batch)' END
-                  || ' (match probability ' || {probability} || ')',
-                  '; ' ORDER BY p.match_probability DESC, p.duplicate_of) AS warnings
-              FROM {db.possible_duplicates} p JOIN {db.outcome('member')} o USING (rid)
-              GROUP BY ALL) w
-        WHERE {row_log}.entity = 'member' AND {row_log}.file_index = w.file_index
-          AND {row_log}.row_number = w.row_number AND {row_log}.status <> 'Errored'
-    """)
+        CREATE OR REPLACE TABLE warnings AS
+        SELECT o.file_index, o.row_number, string_agg(
+                   'warning: member: possible duplicate of '
+                   || CASE WHEN p.duplicate_in = 'target' THEN 'member ' || p.duplicate_of
+                           WHEN p.duplicate_of LIKE 'row %' THEN p.duplicate_of || ' of this batch'
+                           ELSE 'member ' || p.duplicate_of || ' (row ' || p.duplicate_of_row || ' of this batch)' END
+                   || ' (match probability ' || {probability} || ')',
+                   '; ' ORDER BY p.match_probability DESC, p.duplicate_of) AS warnings
+        FROM {db.possible_duplicates} p JOIN {db.outcome('member')} o USING (rid)
+        GROUP BY ALL""")
+    db.con.execute(f"""
+        CREATE OR REPLACE TABLE {into} AS
+        SELECT r.* REPLACE (CASE WHEN w.warnings IS NULL THEN r.messages
+                                 ELSE concat_ws('; ', r.messages, w.warnings) END AS messages)
+        FROM {log} r LEFT JOIN warnings w
+          ON r.entity = 'member' AND r.file_index = w.file_index AND r.row_number = w.row_number""")
+    return scalar(db.con, "SELECT count(*) FROM warnings")
 
 
 def resolve_pairs(db: StageDb, row_log: str) -> int:
@@ -80,8 +117,8 @@ def resolve_pairs(db: StageDb, row_log: str) -> int:
 
 
 def record_pairs(conn: sa.Connection, target, db: StageDb, batch_id: str, now: str) -> None:
-    """In the publish transaction (holding the publish lock): new pairs added as open with the next IDs,
-    pairs already known (whatever their review status) marked as seen again."""
+    """Holding the publish lock: new pairs added as open with the next IDs, pairs already known (whatever
+    their review status) marked as seen again."""
     if not db.con.execute(f"SELECT count(*) FROM {RESOLVED}").fetchall()[0][0]:
         return
     columns = {"member_id_a": "text", "member_id_b": "text", "match_probability": "double",
