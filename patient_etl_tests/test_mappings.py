@@ -76,6 +76,7 @@ def test_column_template_maps_values_dates_and_constants(tmp_path, run_import, e
     assert results["2"]["status"] == "Created"
     assert results["2"]["messages"] == "warning: zip: is missing; an address needs address_line1, city, state, zip"
     assert results["3"]["status"] == "Errored" and "birth_date: is not a valid date" in results["3"]["messages"]
+    assert "day first" not in results["3"]["messages"], "the template reads dates day first"
     stored = {r[0]: r[1:] for r in query(etl.target(), "SELECT member_id, birth_date, sex, relationship FROM member")}
     assert stored == {"A1": ("1980-12-31", "F", "self"), "A2": ("1970-06-05", "M", "self")}
 
@@ -91,6 +92,18 @@ def test_template_by_path(tmp_path, run_import, etl):
     outcome = run_import(path, etl, mapping=str(template))
     assert outcome["counts"]["Created"] == 1
     assert query(etl.target(), "SELECT first_name, sex FROM member") == [("Ute", "F")]
+
+
+def test_a_day_first_date_is_named_when_the_template_reads_month_first(tmp_path, run_import, etl):
+    template = _template(tmp_path, "entities:\n  member:\n    columns: {F: first_name, L: last_name, D: birth_date,"
+                                   " S: sex}\n    date_formats: {birth_date: '%m/%d/%Y'}\n")
+    path = write_csv(tmp_path / "r.csv", "F,L,D,S", "Ann,Lee,03/25/1985,F", "Bob,Ray,25/03/1985,M")
+    results = {r["row_number"]: r for r in read_results(run_import(path, etl, mapping=str(template)))}
+    assert results["1"]["status"] == "Created"
+    assert results["2"]["status"] == "Errored"
+    assert results["2"]["messages"] == (
+        "error: birth_date: looks written day first (DD/MM/YYYY): dates are read month first; write MM/DD/YYYY or "
+        "YYYY-MM-DD, or give the column's date format in a mapping template (date_formats)")
 
 
 def test_template_path_on_the_command_line(tmp_path, home, monkeypatch, capsys):

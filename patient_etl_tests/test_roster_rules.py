@@ -35,7 +35,8 @@ def test_birth_dates(tmp_path, run_import, etl):
         "1984-03-12": None, "03/12/1984": None, "3/2/1984": None, "1984-03-12T08:30:00Z": None,
         "1984-03-12 08:30": None, "2000-02-29": None,
         "2021-02-30": "birth_date: is not a valid date", "1984-13-01": "birth_date: is not a valid date",
-        "13/01/1984": "birth_date: is not a valid date", "yesterday": "birth_date: is not a valid date",
+        "13/01/1984": "birth_date: looks written day first (DD/MM/YYYY)", "25.03.1984": "birth_date: looks written day first",
+        "04/03/85": "birth_date: has a two-digit year", "yesterday": "birth_date: is not a valid date",
         "1899-12-31": "birth_date: is before 1900-01-01", tomorrow.isoformat(): "birth_date: is in the future",
         "2021-02-29": "birth_date: is not a valid date",
     }
@@ -48,6 +49,7 @@ def test_birth_dates(tmp_path, run_import, etl):
         else:
             assert row["status"] == "Errored", (dob, row)
             assert f"error: {error}" in row["messages"], (dob, row)
+            assert row["messages"].count("error: birth_date:") == 1, (dob, row)  # the precise message only
     stored = dict(query(etl.target(), "SELECT member_id, birth_date FROM member"))
     assert stored["D0"] == stored["D1"] == "1984-03-12"
     assert stored["D2"] == "1984-03-02" and stored["D3"] == "1984-03-12"

@@ -54,6 +54,10 @@ class Check:
     severity: str = "error"
     args: dict = field(default_factory=dict)
     only_if_present: bool = False  # row_condition: the raw cell is not empty
+    # The message of a check on the same field that this one explains more precisely: when both fail
+    # on a row, only this one is reported (a two-digit year is also "not a valid date").
+    supersedes: str | None = None
+    month_first_only: bool = False  # skipped where a mapping template reads the field's dates otherwise
 
 
 @dataclass(frozen=True)
@@ -175,6 +179,9 @@ def ssn_token_macro(key: bytes) -> str:
 # A year is four digits (`04/03/85` is refused with its own message, never read as the year 85); a
 # date-time's time must be a real time of day (`T25:00:00` is not).
 _TWO_DIGIT_YEAR = r"^[0-9]{1,2}[/-][0-9]{1,2}[/-][0-9]{2}$"
+# A first part that cannot be a month and a second that can: written day first (25/03/1985, 25.03.1985).
+_DAY_FIRST = r"^(?:1[3-9]|2[0-9]|3[01])[/.-](?:0?[1-9]|1[0-2])[/.-][0-9]{4}$"
+_INVALID_DATE = "is not a valid date (use YYYY-MM-DD or MM/DD/YYYY)"
 _DATE_PARSE = (
     "coalesce(try_strptime({v}, '%Y-%m-%d'), "
     "CASE WHEN regexp_matches({v}, '^[0-9]{{1,2}}/[0-9]{{1,2}}/[0-9]{{4}}$') THEN try_strptime({v}, '%m/%d/%Y') END, "
@@ -190,9 +197,13 @@ def _as_int(day: dt.date) -> int:
 
 def _date_checks(options: dict) -> list[Check]:
     checks = [Check("not_match_regex", "raw", "has a two-digit year: write the year with four digits "
-                    "(MM/DD/YYYY or YYYY-MM-DD)", args={"regex": _TWO_DIGIT_YEAR}, only_if_present=True),
-              Check("not_null", "value", "is not a valid date (use YYYY-MM-DD or MM/DD/YYYY)",
-                    only_if_present=True)]
+                    "(MM/DD/YYYY or YYYY-MM-DD)", args={"regex": _TWO_DIGIT_YEAR}, only_if_present=True,
+                    supersedes=_INVALID_DATE),
+              Check("not_match_regex", "raw", "looks written day first (DD/MM/YYYY): dates are read month "
+                    "first; write MM/DD/YYYY or YYYY-MM-DD, or give the column's date format in a mapping "
+                    "template (date_formats)", args={"regex": _DAY_FIRST}, only_if_present=True,
+                    supersedes=_INVALID_DATE, month_first_only=True),
+              Check("not_null", "value", _INVALID_DATE, only_if_present=True)]
     earliest, latest = options.get("min_date"), options.get("max_date")
     if earliest is not None:
         checks.append(Check("between", "value", f"is before {earliest.isoformat()}",

@@ -24,7 +24,8 @@ def row_checks(context: dg.AssetExecutionContext, etl: PatientEtl) -> dg.Materia
         mapping = load_mapping(batch.mapping) if batch.mapping else None
         for name in workspace.staged_entities():
             relaxed = mapping.relaxed(name) if mapping else frozenset()
-            summaries.append(run_row_checks(db, ENTITIES[name], relaxed))
+            other_dates = mapping.not_month_first(name) if mapping else frozenset()
+            summaries.append(run_row_checks(db, ENTITIES[name], relaxed, other_dates))
     etl.registry().set_status(batch, "Checked")
     top = []
     for s in summaries:

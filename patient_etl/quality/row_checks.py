@@ -18,7 +18,15 @@ import pyarrow as pa
 
 from patient_etl.duck import first_row, scalar
 from patient_etl.entities.spec import MESSAGES_HEADERS, Entity, match_key_sql
-from patient_etl.quality.suites import Rule, RuleGroup, columns_read, group_indexes, rules_for, validate
+from patient_etl.quality.suites import (
+    Rule,
+    RuleGroup,
+    columns_read,
+    group_indexes,
+    rules_for,
+    superseded,
+    validate,
+)
 from patient_etl.workspace import StageDb, checked_number, checked_value
 
 CHUNK_ROWS = 1_000_000  # distinct values per validation: its overhead is fixed; ~350 MB of frame at 1M
@@ -133,7 +141,8 @@ def _plan_frames(con: duckdb.DuckDBPyConnection, checked: str,
             for g, ((raw, group), n) in enumerate(zip(grouped, distinct, strict=True))]
 
 
-def run_row_checks(db: StageDb, entity: Entity, relaxed: frozenset[str] = frozenset()) -> CheckSummary:
+def run_row_checks(db: StageDb, entity: Entity, relaxed: frozenset[str] = frozenset(),
+                   not_month_first: frozenset[str] = frozenset()) -> CheckSummary:
     """`db` is the batch's checks database.
 
     A rule's verdict depends only on the values it reads, and each of those is computed from one
@@ -151,7 +160,7 @@ def run_row_checks(db: StageDb, entity: Entity, relaxed: frozenset[str] = frozen
     )
     summary = CheckSummary(entity.name, scalar(con, f"SELECT count(*) FROM {checked}"))
 
-    rules = rules_for(entity, present, relaxed)
+    rules = rules_for(entity, present, relaxed, not_month_first)
     if summary.rows <= ONE_FRAME_ROWS:
         # A small file: one validation of every rule on its rows (each validation costs ~0.1 s).
         everything = RuleGroup(tuple(dict.fromkeys(c for r in rules for c in columns_read(r))), list(range(len(rules))))
@@ -186,6 +195,13 @@ def run_row_checks(db: StageDb, entity: Entity, relaxed: frozenset[str] = frozen
     finally:
         for plan in plans:
             plan.drop(con)
+    if pairs := superseded(rules):
+        values = ", ".join(f"({a}, {b})" for a, b in pairs)
+        con.execute(f"""
+            DELETE FROM {messages} g USING (VALUES {values}) s(specific, generic)
+            WHERE g.entity = ? AND g.rule = s.generic
+              AND EXISTS (SELECT 1 FROM {messages} m WHERE m.entity = g.entity AND m.rid = g.rid
+                                                       AND m.rule = s.specific)""", [entity.name])
     for rule_index, rows in con.execute(
             f"SELECT rule, count(*) FROM {messages} WHERE entity = ? GROUP BY rule", [entity.name]).fetchall():
         rule = rules[rule_index]

@@ -82,6 +82,7 @@ class Rule:
     kind: str
     args: tuple[tuple[str, object], ...]
     row_condition: str | None = None
+    supersedes: str | None = None  # the message of another rule on this label it explains (Check.supersedes)
 
     def expectation(self, index: int) -> gxe.Expectation:
         if self.kind == "not_before":
@@ -95,10 +96,12 @@ def frame_column(column: Column, check: Check) -> str:
     return {"raw": column.name, "value": checked_value(column.name), "number": checked_number(column.name)}[check.column]
 
 
-def rules_for(entity: Entity, present: list[str], relaxed: frozenset[str] = frozenset()) -> list[Rule]:
+def rules_for(entity: Entity, present: list[str], relaxed: frozenset[str] = frozenset(),
+              not_month_first: frozenset[str] = frozenset()) -> list[Rule]:
     """The suite for a file that has the staged columns `present`.
 
-    `relaxed` (from a mapping template) names fields and groups whose errors become warnings.
+    `relaxed` (from a mapping template) names fields and groups whose errors become warnings;
+    `not_month_first` the fields whose dates it reads other than month first (checks that assume it are skipped).
     """
     by_name = {c.name: c for c in entity.columns()}
     rules: list[Rule] = []
@@ -108,10 +111,12 @@ def rules_for(entity: Entity, present: list[str], relaxed: frozenset[str] = froz
         if column.group is None and column.field.required:
             rules.append(Rule(name, "error", column.label, "is required", "not_null", ()))
         for check in column.field.checks():
+            if check.month_first_only and column.field.name in not_month_first:
+                continue
             condition = f"{name}.notnull()" if check.only_if_present else None
             severity = "warning" if lenient else check.severity
             rules.append(Rule(frame_column(column, check), severity, column.label, check.message,
-                              check.kind, tuple(check.args.items()), condition))
+                              check.kind, tuple(check.args.items()), condition, check.supersedes))
     for rule in entity.order_rules:
         if rule.later in present and rule.earlier in present:
             rules.append(Rule(checked_value(rule.later), "error", rule.later, f"is before {rule.earlier}", "not_before",
@@ -125,6 +130,13 @@ def rules_for(entity: Entity, present: list[str], relaxed: frozenset[str] = froz
             rules.append(Rule(group.column(member, index), severity, group.label(member, index),
                               f"is missing; an {group.name} needs {needs}", "not_null", (), any_present))
     return rules
+
+
+def superseded(rules: list[Rule]) -> list[tuple[int, int]]:
+    """(rule, the rule it supersedes) by index: when both fail on a row, only the first is reported."""
+    by_message = {(r.label, r.message): i for i, r in enumerate(rules)}
+    return [(i, by_message[(r.label, r.supersedes)]) for i, r in enumerate(rules)
+            if r.supersedes and (r.label, r.supersedes) in by_message]
 
 
 def group_indexes(entity: Entity, present: list[str]):

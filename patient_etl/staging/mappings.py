@@ -77,6 +77,12 @@ class Mapping:
         mapping = self.entities.get(entity)
         return frozenset(mapping.relax) if mapping else frozenset()
 
+    def not_month_first(self, entity: str) -> frozenset[str]:
+        """The fields whose dates the template reads other than month first (`date_formats: {f: '%d.%m.%Y'}`)."""
+        mapping = self.entities.get(entity)
+        return frozenset(f for f, fmt in mapping.date_formats.items() if not fmt.lstrip().startswith("%m")) \
+            if mapping else frozenset()
+
 
 def table_name(file_name: str) -> str:
     """The table a template's SQL reads a file as: its stem, lower-case, non-alphanumerics as `_`."""

@@ -197,6 +197,8 @@ def main() -> None:
         quoted = '"' + value.replace('"', '""') + '"'
         naughty.append(f"{uid()},{quoted},Lee,1980-01-01,F")
     add("roster_naughty_strings.csv", text(H, *naughty), 0, created=len(naughty))
+    add("roster_day_first_date.csv", text(H, f"{uid()},Ann,Lee,25/03/1985,F"), 0, "looks written day first",
+        errored=1)
     with (HERE / "expected.csv").open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, ["file", "exit", "status", "created", "errored", "message", "settings"],
                                 lineterminator="\n")
