@@ -29,12 +29,14 @@ def _import_gx_lean() -> None:
 
     GX imports pyspark when installed (the linkage's Spark engine installs it) to accept Spark
     frames; we give it pandas frames only, so pyspark is hidden while GX imports (it is importable
-    again after). scipy.stats (0.6 s) serves one distribution expectation: it is bound lazily,
-    loaded on first use.
+    again after). When pyspark is already loaded (a Spark linkage in this process), only its Spark
+    Connect package is hidden: imported from a `__main__` without a file (`python -c`, a pytest-xdist
+    worker) it takes itself for a doctest run and calls sys.exit(0). scipy.stats (0.6 s) serves one
+    distribution expectation: it is bound lazily, loaded on first use.
     """
-    hide = "pyspark" not in sys.modules
+    hide = next((name for name in ("pyspark", "pyspark.sql.connect") if name not in sys.modules), None)
     if hide:
-        sys.modules["pyspark"] = None  # an import of it raises ImportError: GX takes it as absent
+        sys.modules[hide] = None  # an import of it raises ImportError: GX takes it as absent
     try:
         if "scipy.stats" not in sys.modules and importlib.util.find_spec("scipy") is not None:
             import scipy
@@ -47,8 +49,8 @@ def _import_gx_lean() -> None:
             scipy.stats = stats  # `from scipy import stats` takes the attribute, without loading it
         import great_expectations  # noqa: F401
     finally:
-        if hide and sys.modules.get("pyspark", 0) is None:
-            del sys.modules["pyspark"]
+        if hide and sys.modules.get(hide, 0) is None:
+            del sys.modules[hide]
 
 
 _import_gx_lean()
