@@ -54,6 +54,7 @@ class PatientEtl(dg.ConfigurableResource):
     linkage_likely: str | None = None
     linkage_engine: str = "duckdb"
     linkage_spark_master: str | None = None
+    linkage_max_pairs: str | None = None  # candidate pairs compared at most (LinkageSettings.max_pairs)
     linkage_timeout_seconds: int = 300  # the longest linkage may delay a batch's publish; then it goes without
 
     def home_dir(self) -> Home:
@@ -136,6 +137,7 @@ SETTINGS = {
     "linkage_likely": ("PATIENT_ETL_LINKAGE_LIKELY", False),
     "linkage_engine": ("PATIENT_ETL_LINKAGE_ENGINE", False),
     "linkage_spark_master": ("PATIENT_ETL_LINKAGE_SPARK_MASTER", False),
+    "linkage_max_pairs": ("PATIENT_ETL_LINKAGE_MAX_PAIRS", False),
     "linkage_timeout_seconds": ("PATIENT_ETL_LINKAGE_TIMEOUT_SECONDS", True),
 }
 

@@ -133,6 +133,22 @@ def test_a_pair_marked_different_people_is_not_flagged_again(con, models):
     assert result.pairs == 0
 
 
+def test_a_blocking_rule_past_the_pair_limit_is_skipped_and_named(con, models):
+    """300 different patients named Pat Doe make 44,850 first+last name pairs: past the limit that rule
+    is skipped (a 1M roster of few names would make 10^9), and the other rules still find Jon."""
+    does = [member(f"D-{i}", "Pat", "Doe", f"19{50 + i % 50}-0{1 + i % 9}-1{i % 10}", street=f"{i} Elm St",
+                   zip_=f"{10000 + i:05d}", phone=f"617555{i:04d}") for i in range(300)]
+    add_members(con, "target", [JOHN], batch=False)
+    add_members(con, "batch", [JON, *does], batch=True)
+    limited = find_possible_duplicates(con, "batch", "target", models, LinkageSettings(max_pairs=20_000))
+    assert set(limited.skipped_rules) == {"first_name+last_name"}
+    assert limited.skipped_rules["first_name+last_name"] >= 300 * 299 // 2
+    assert limited.candidate_pairs <= 20_000
+    assert ("B-7", "target", "A-1") in pairs(con)
+    unlimited = find_possible_duplicates(con, "batch", "target", models)
+    assert unlimited.skipped_rules == {} and unlimited.candidate_pairs > limited.candidate_pairs
+
+
 def test_the_model_is_trained_once_saved_and_reused(con, tmp_path):
     models = tmp_path / "linkage"
     add_members(con, "target", [JOHN], batch=False)
@@ -188,6 +204,8 @@ def test_an_empty_batch_links_to_nothing(con, models):
 
 
 def test_thresholds_are_checked():
+    with pytest.raises(ValueError, match="pair limit"):
+        LinkageSettings(max_pairs=0)
     with pytest.raises(ValueError):
         LinkageSettings(possible=0.99, likely=0.9)
     with pytest.raises(ValueError):

@@ -79,8 +79,12 @@ def linkage_settings(etl: PatientEtl) -> LinkageSettings:
         likely = float(etl.linkage_likely) if etl.linkage_likely else max(defaults.likely, possible)
     except ValueError:
         raise ValueError("PATIENT_ETL_LINKAGE_POSSIBLE and _LIKELY must be numbers between 0 and 1") from None
+    try:
+        max_pairs = float(etl.linkage_max_pairs) if etl.linkage_max_pairs else defaults.max_pairs
+    except ValueError:
+        raise ValueError("PATIENT_ETL_LINKAGE_MAX_PAIRS must be a number of pairs") from None
     return LinkageSettings(possible=possible, likely=likely, engine=etl.linkage_engine.strip().lower(),
-                           spark_master=etl.linkage_spark_master or defaults.spark_master)
+                           spark_master=etl.linkage_spark_master or defaults.spark_master, max_pairs=max_pairs)
 
 
 def run_linkage(etl: PatientEtl, batch_id: str) -> dict:
@@ -135,7 +139,10 @@ def link_batch(etl: PatientEtl, workspace: Workspace) -> dict:
     return {"outcome": "linked", "pairs": result.pairs, "within_batch": result.within_batch,
             "against_target": result.against_target, "batch_members": result.batch_members,
             "target_members": result.target_members, "model_version": result.model_version,
-            "model_trained": result.trained, "engine": settings.engine, "seconds": result.seconds}
+            "model_trained": result.trained, "engine": settings.engine, "seconds": result.seconds,
+            "candidate_pairs": result.candidate_pairs,
+            **({"blocking_rules_skipped": ", ".join(f"{rule} ({pairs:,} pairs)" for rule, pairs in
+                                                   result.skipped_rules.items())} if result.skipped_rules else {})}
 
 
 def published_members(db: StageDb, members: str) -> str:

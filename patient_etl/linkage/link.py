@@ -10,12 +10,12 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
 
-from patient_etl.duck import in_memory, spill_folder
+from patient_etl.duck import in_memory, scalar, spill_folder
 from patient_etl.linkage import model as m
 from patient_etl.linkage.default import default_model
 from patient_etl.linkage.records import IDENTITY_COLUMNS, RECORD_COLUMNS, member_records_sql
@@ -41,6 +41,8 @@ class LinkResult:
     model_version: int  # 0: the cold-start model (too few members to train on yet)
     trained: bool  # the model was trained and saved by this call (none existed yet)
     seconds: float
+    candidate_pairs: int = 0  # pairs the kept blocking rules compare (an upper bound: rules overlap)
+    skipped_rules: dict[str, int] = field(default_factory=dict)  # rule -> its pairs, past `max_pairs`
 
 
 # -- backends ---------------------------------------------------------------------------------------
@@ -200,6 +202,8 @@ def find_possible_duplicates(
     elif info is None:
         info = default_model()  # too few to train on: the cold-start model, not saved
 
+    kept, candidate_pairs, skipped = bounded_blocking(con, batch_records, target_records, settings.max_pairs)
+    rules = m.blocking_rules(kept)
     backend = _backend(settings, con)
     try:
         batch_sdf = backend.register(batch_records.select(list(RECORD_COLUMNS)), "linkage_batch")
@@ -208,11 +212,13 @@ def find_possible_duplicates(
         for column in m.TF_COLUMNS:  # frequencies over the target and the batch together
             linker.table_management.compute_tf_table(column)
         within = backend.arrow(linker.inference.predict_within(
-            batch_sdf, threshold_match_probability=settings.possible, warning_mode="never"))
+            batch_sdf, blocking_rules_to_generate_predictions=rules, threshold_match_probability=settings.possible,
+            warning_mode="never"))
         between = None
         if n_target:
             between = backend.arrow(linker.inference.predict_between(
-                batch_sdf, target_sdf, threshold_match_probability=settings.possible, warning_mode="never"))
+                batch_sdf, target_sdf, blocking_rules_to_generate_predictions=rules,
+                threshold_match_probability=settings.possible, warning_mode="never"))
         linker.table_management.delete_tables_created_by_splink_from_db()
     finally:
         backend.close()
@@ -228,10 +234,55 @@ def find_possible_duplicates(
     result = LinkResult(
         pairs=sum(counts.values()), within_batch=counts.get("batch", 0), against_target=counts.get("target", 0),
         batch_members=n_batch, target_members=n_target, model_version=info.version, trained=trained,
-        seconds=round(time.perf_counter() - started, 2))
+        seconds=round(time.perf_counter() - started, 2), candidate_pairs=candidate_pairs, skipped_rules=skipped)
     log.info("linkage: %s pairs (%s within the batch, %s against the target), model v%s", result.pairs,
              result.within_batch, result.against_target, result.model_version)
     return result
+
+
+def bounded_blocking(con: duckdb.DuckDBPyConnection, batch, target, max_pairs: float):
+    """The blocking rules to predict with: each rule's candidate pairs counted exactly (group counts,
+    within the batch and against the target), then taken cheapest first while the total fits in
+    `max_pairs`. A rule past it blocks on a value very many records share (the synthetic 1M roster's
+    first+last name: 10^9 pairs), which would cost hours and tens of GB to compare and says little.
+    Returns (kept keys, their pairs, {skipped rule: its pairs})."""
+    con.register("_blocking_batch", batch)
+    con.register("_blocking_target", target)
+    try:
+        counted = [(keys, _rule_pairs(con, keys)) for keys in (*m.BLOCKING_KEYS, None)]
+    finally:
+        con.unregister("_blocking_batch")
+        con.unregister("_blocking_target")
+    kept, total, skipped = [], 0, {}
+    for keys, pairs in sorted(counted, key=lambda kp: kp[1]):
+        if total + pairs <= max_pairs:
+            kept.append(keys)
+            total += pairs
+        else:
+            skipped[m.rule_name(keys)] = pairs
+    order = {k: i for i, (k, _) in enumerate(counted)}  # Splink's order: the cheap exact rules first
+    return tuple(sorted(kept, key=order.__getitem__)), total, skipped
+
+
+def _rule_pairs(con: duckdb.DuckDBPyConnection, keys: tuple[str, ...] | None) -> int:
+    """The pairs one rule makes: within the batch (each pair once) plus batch against target."""
+    if keys is None:  # the swapped names: one record's first name is the other's last, and back
+        left, right = ("first_name", "last_name"), ("last_name", "first_name")
+    else:
+        left = right = keys
+
+    def groups(table: str, exprs: tuple[str, ...]) -> str:
+        present = " AND ".join(f"({e}) IS NOT NULL" for e in exprs)
+        cols = ", ".join(f"{e} AS k{i}" for i, e in enumerate(exprs))
+        return f"SELECT {cols}, count(*) AS n FROM {table} WHERE {present} GROUP BY ALL"
+
+    on = " AND ".join(f"a.k{i} = b.k{i}" for i in range(len(left)))
+    within = (f"SELECT sum(n * (n - 1) / 2) FROM ({groups('_blocking_batch', left)})" if keys is not None else
+              f"SELECT sum(a.n * b.n) / 2 FROM ({groups('_blocking_batch', left)}) a "
+              f"JOIN ({groups('_blocking_batch', right)}) b ON {on}")
+    between = (f"SELECT sum(a.n * b.n) FROM ({groups('_blocking_batch', left)}) a "
+               f"JOIN ({groups('_blocking_target', right)}) b ON {on}")
+    return int(sum(scalar(con, sql) or 0 for sql in (within, between)))
 
 
 def _agreement_sql(splink_model: dict) -> tuple[str, str]:

@@ -78,24 +78,35 @@ def comparisons() -> list:
     ]
 
 
-def blocking_rules() -> list:
-    """Candidate pairs: any rule that holds. Each is an equi-join on a few columns, so a 100k batch
-    against 1M members compares a few million pairs, not 10^11."""
+# Candidate pairs: any rule that holds. Each is an equi-join on a few record columns (expressions), so a
+# 100k batch against 1M members compares a few million pairs, not 10^11.
+BLOCKING_KEYS: tuple[tuple[str, ...], ...] = (
+    ("ssn_hash",),
+    ("phone",),
+    ("email",),
+    ("first_name", "last_name"),
+    ("birth_date", "substr(first_name, 1, 1)"),
+    ("birth_date", "substr(last_name, 1, 1)"),
+    ("last_name", "zip"),
+    ("first_name", "zip", "birth_year"),
+    ("birth_date", "zip"),
+    ("address_line1",),
+)
+SWAPPED_NAMES = "l.first_name = r.last_name AND l.last_name = r.first_name"  # names swapped between columns
+
+
+def rule_name(keys: tuple[str, ...] | None) -> str:
+    """How metadata names a blocking rule (`first_name+last_name`; None: the swapped names)."""
+    return "+".join(keys) if keys else "names swapped"
+
+
+def blocking_rules(keys: tuple[tuple[str, ...] | None, ...] | None = None) -> list:
+    """Splink's rules for `keys` (default: all of BLOCKING_KEYS and the swapped names; None in the
+    tuple stands for the swapped names)."""
     from splink import block_on
 
-    return [
-        block_on("ssn_hash"),
-        block_on("phone"),
-        block_on("email"),
-        block_on("first_name", "last_name"),
-        block_on("birth_date", "substr(first_name, 1, 1)"),
-        block_on("birth_date", "substr(last_name, 1, 1)"),
-        block_on("last_name", "zip"),
-        block_on("first_name", "zip", "birth_year"),
-        block_on("birth_date", "zip"),
-        block_on("address_line1"),
-        "l.first_name = r.last_name AND l.last_name = r.first_name",  # names swapped between columns
-    ]
+    keys = (*BLOCKING_KEYS, None) if keys is None else keys
+    return [block_on(*k) if k else SWAPPED_NAMES for k in keys]
 
 
 def splink_settings():

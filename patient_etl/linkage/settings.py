@@ -22,10 +22,15 @@ class LinkageSettings:
     spark_master: str = "local[2]"  # a cluster's master URL in production (e.g. spark://host:7077, yarn)
     u_max_pairs: float = 2e6  # random pairs sampled to estimate u
     em_max_pairs: float = 2e6  # blocked pairs per EM session
+    # Candidate pairs compared at most: the blocking rules are taken cheapest first while their pairs
+    # fit; a rule past it (a value shared by very many records) is skipped and named in the metadata.
+    max_pairs: float = 20e6
     seed: int = 42
 
     def __post_init__(self):
         if not 0 < self.possible <= self.likely <= 1:
             raise ValueError("linkage thresholds need 0 < possible <= likely <= 1")
+        if not self.max_pairs > 0:
+            raise ValueError("the linkage pair limit must be a positive number")
         if self.engine not in ENGINES:
             raise ValueError(f"linkage engine must be one of {', '.join(ENGINES)}")
