@@ -224,6 +224,12 @@ class Target:
         """Bulk-load the rows of a DuckDB query into a target table (the query's columns in order)."""
         raise NotImplementedError
 
+    def analyze(self, conn: sa.Connection, table: str) -> None:
+        """Planner statistics for a temporary table just filled. PostgreSQL's autovacuum never analyzes
+        temporary tables; without statistics the planner takes a 1M-row one for a few thousand rows and
+        joins it by nested loop (the other-member warning of a 1M re-import: over 10 minutes, 6 s with
+        them). SQLite plans these joins by their indexes: nothing to do."""
+
     def fetch(self, conn: sa.Connection, duck: duckdb.DuckDBPyConnection, query: str, into: str,
               columns: dict[str, str]) -> None:
         """Copy the rows of a target query into a new DuckDB table `into` with the given DuckDB types."""
@@ -314,6 +320,7 @@ class Target:
         # splitting pages all over (a 1M-row log loaded in its arbitrary order took 7 s, most of it there).
         self.load(conn, duck, f"SELECT rid, {', '.join(cols)} FROM {entity.table} ORDER BY rid", incoming,
                   ["rid", *cols])
+        self.analyze(conn, incoming)
         outcome = f"outcome_{entity.name}"
         candidates = f"candidates_{entity.name}"
         self.temp_table(conn, candidates, {"rid": "bigint", "n": "bigint", "only_key": "text", "keys": "text"},
@@ -363,18 +370,21 @@ class Target:
         conn.exec_driver_sql(f"""
             UPDATE {outcome} SET status = CASE WHEN changed_fields = '' THEN 'Unchanged' ELSE 'Updated' END
             WHERE status = 'Changed'""")
+        self.analyze(conn, outcome)
         if entity.match_on:
             # A key that finds one record while the name, birth date and sex match another: say so.
             # One join for the batch (a correlated lookup per row took most of a 1M-row re-import).
+            # Only rows that found their record (a first import's Created rows skip the join).
             conn.exec_driver_sql(f"""
                 UPDATE {outcome} SET message = 'warning: {key}: the name, birth date and sex also match '
                     || 'the stored record with {key} ' || w.keys || '; check this is the same patient'
                 FROM (SELECT rid, {self.list_agg('k')} AS keys
-                      FROM (SELECT s.rid, t.{key} AS k FROM {incoming} s
+                      FROM (SELECT s.rid, t.{key} AS k FROM {outcome} o JOIN {incoming} s ON s.rid = o.rid
                             JOIN {entity.table} t ON t.match_key = s.match_key AND t.{key} <> s.{key}
+                            WHERE o.status IN ('Updated', 'Unchanged')
                             ORDER BY s.rid, t.{key}) m
                       GROUP BY rid) w
-                WHERE w.rid = {outcome}.rid AND {outcome}.status IN ('Updated', 'Unchanged')""")
+                WHERE w.rid = {outcome}.rid""")
         if lists:
             # Lists merge by index: the row's Nth item replaces the stored Nth, an empty slot keeps it.
             # Only where both sides hold a list and they differ: a new record has nothing to merge with,

@@ -46,6 +46,9 @@ class PostgresTarget(Target):
     def same_type(self, logical: str, found: str) -> bool:
         return found in self.CATALOG_TYPES[logical]
 
+    def analyze(self, conn: sa.Connection, table: str) -> None:
+        conn.exec_driver_sql(f"ANALYZE {table}")
+
     def load(self, conn: sa.Connection, duck: duckdb.DuckDBPyConnection, query: str, table: str,
              columns: list[str]) -> None:
         with self.scratch_file() as path:
