@@ -35,10 +35,14 @@ def utc_now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
-def results_base(batch: Batch, dry_run: bool = False) -> str:
-    """`YYYY-MM-DD_<file>[_dry-run]_results`: dated by receipt, named after the partner's file."""
-    label = "_dry-run" if dry_run else ""
-    return f"{batch.received_on.isoformat()}_{safe_stem(batch.display_name)}{label}_results"
+def file_label(dry_run: bool, held: bool = False) -> str:
+    """What a batch's files carry before their kind: `_dry-run`, `_preview` (held for review) or nothing."""
+    return "_dry-run" if dry_run else "_preview" if held else ""
+
+
+def results_base(batch: Batch, dry_run: bool = False, held: bool = False) -> str:
+    """`YYYY-MM-DD_<file>[_dry-run|_preview]_results`: dated by receipt, named after the partner's file."""
+    return f"{batch.received_on.isoformat()}_{safe_stem(batch.display_name)}{file_label(dry_run, held)}_results"
 
 
 def batch_row(batch: Batch, status: str, counts: dict[str, int], results_file: str | None,

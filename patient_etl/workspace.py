@@ -34,6 +34,9 @@ STAGED = "staged"
 CHECKS = "checks"
 LINKAGE = "linkage"
 PUBLISH = "publish"
+# Publish's tables that the stages after it read (through StageDb.row_log and .reviewed_log).
+ROW_LOG = "row_log"
+REVIEWED_LOG = "row_log_since_preview"
 _ENTITY_PREFIX = "entity:"
 
 
@@ -196,12 +199,12 @@ class StageDb:
     @property
     def row_log(self) -> str:
         """One row per source row, as the results file and the target's row log have it (`ROW_LOG_COLUMNS`)."""
-        return self._name(PUBLISH, "row_log")
+        return self._name(PUBLISH, ROW_LOG)
 
     @property
     def reviewed_log(self) -> str:
         """An approval's row log with `since_preview` (present only when this run approved a held batch)."""
-        return self._name(PUBLISH, "row_log_since_preview")
+        return self._name(PUBLISH, REVIEWED_LOG)
 
     def published_outcome(self, entity: str) -> str:
         """Per applied row: `rid`, `key` (the ID it was published under), `status` (Created, Updated, Unchanged,

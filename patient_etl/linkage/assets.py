@@ -23,6 +23,7 @@ from patient_etl.linkage.merge import merge_pairs
 from patient_etl.linkage.settings import LinkageSettings
 from patient_etl.partitions import batches
 from patient_etl.resources import PatientEtl
+from patient_etl.results import file_label
 from patient_etl.target import open_target
 from patient_etl.target.schema import REVIEW_DIFFERENT
 from patient_etl.workspace import CHECKS, LINKAGE, PUBLISH, StageDb, Workspace, entity_stage
@@ -63,10 +64,10 @@ def possible_duplicates(context: dg.AssetExecutionContext, etl: PatientEtl) -> d
 def merge(etl: PatientEtl, workspace: Workspace, batch: Batch) -> dict:
     """The pairs into the batch's results file and pairs file and, when it was published, the target."""
     held = batch.status == AWAITING_APPROVAL
-    label = "_dry-run" if batch.dry_run else "_preview" if held else ""
     target = open_target(etl.target(), work_dir=workspace.folder)
     try:
-        return merge_pairs(etl.home_dir(), target, workspace, batch, label, record=not (batch.dry_run or held))
+        return merge_pairs(etl.home_dir(), target, workspace, batch, file_label(batch.dry_run, held),
+                           record=not (batch.dry_run or held))
     finally:
         target.dispose()
 

@@ -45,9 +45,8 @@ def merge_pairs(home: Home, target, workspace: Workspace, batch: Batch, label: s
         flagged = add_warnings(db, log, "amended_log")
         rewrite_results(db, "amended_log", ("since_preview",) if reviewed else (), Path(batch.results_file))
         pairs_file = write_pairs_file(home, db, batch, label)
-        recorded = 0
-        if record:
-            recorded = resolve_pairs(db, db.row_log)
+        recorded = resolve_pairs(db, db.row_log) if record else 0
+        if recorded:
             with target.begin() as conn:
                 target.serialize_publishes(conn)
                 record_pairs(conn, target, db, batch.batch_id, results.utc_now())
@@ -91,10 +90,6 @@ def add_warnings(db: StageDb, log: str, into: str) -> int:
 def resolve_pairs(db: StageDb, row_log: str) -> int:
     """The pairs by the member IDs publish gave both sides (a keyless row's matched or derived ID), as
     (`member_id_a` < `member_id_b`); rows that ended Errored are left out. Returns the count."""
-    if not available(db):
-        db.con.execute(f"CREATE OR REPLACE TABLE {RESOLVED} (member_id_a VARCHAR, member_id_b VARCHAR, "
-                       "match_probability DOUBLE, agreed_fields VARCHAR, similar_fields VARCHAR)")
-        return 0
     db.con.execute(f"""
         CREATE OR REPLACE TABLE {RESOLVED} AS
         WITH ids AS (SELECT o.rid, r.external_id FROM {db.outcome('member')} o
@@ -113,14 +108,12 @@ def resolve_pairs(db: StageDb, row_log: str) -> int:
         FROM pairs WHERE other IS NOT NULL AND one <> other
         GROUP BY ALL ORDER BY 1, 2
     """)
-    return db.con.execute(f"SELECT count(*) FROM {RESOLVED}").fetchall()[0][0]
+    return scalar(db.con, f"SELECT count(*) FROM {RESOLVED}")
 
 
 def record_pairs(conn: sa.Connection, target, db: StageDb, batch_id: str, now: str) -> None:
     """Holding the publish lock: new pairs added as open with the next IDs, pairs already known (whatever
     their review status) marked as seen again."""
-    if not db.con.execute(f"SELECT count(*) FROM {RESOLVED}").fetchall()[0][0]:
-        return
     columns = {"member_id_a": "text", "member_id_b": "text", "match_probability": "double",
                "agreed_fields": "text", "similar_fields": "text"}
     target.temp_table(conn, "incoming_pairs", columns)
@@ -144,11 +137,9 @@ def record_pairs(conn: sa.Connection, target, db: StageDb, batch_id: str, now: s
     conn.exec_driver_sql("DROP TABLE IF EXISTS incoming_pairs")
 
 
-def write_pairs_file(home: Home, db: StageDb, batch: Batch, label: str = "") -> str | None:
-    """`YYYY-MM-DD_<file>[label]_possible_duplicates.csv` beside the results file (never overwriting), when
-    the batch has flagged rows: IDs, probability and the fields that agreed, formula starts neutralised."""
-    if not available(db) or not db.con.execute(f"SELECT count(*) FROM {db.possible_duplicates}").fetchall()[0][0]:
-        return None
+def write_pairs_file(home: Home, db: StageDb, batch: Batch, label: str = "") -> str:
+    """`YYYY-MM-DD_<file>[label]_possible_duplicates.csv` beside the results file (never overwriting): IDs,
+    probability and the fields that agreed, formula starts neutralised."""
     base = f"{batch.received_on.isoformat()}_{results.safe_stem(batch.display_name)}{label}_possible_duplicates"
     tmp, final = results.claim_name(home.results, base)
     n = results.neutralize

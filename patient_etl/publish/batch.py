@@ -16,9 +16,7 @@ from patient_etl.publish import review
 from patient_etl.publish.references import check_references
 from patient_etl.results import STATUSES, batch_row, results_base, utc_now
 from patient_etl.target import maybe_die_after_commit, maybe_die_before_commit, open_target
-from patient_etl.workspace import CHECKS, PUBLISH, STAGED, StageDb, Workspace, entity_stage
-
-ROW_LOG = "row_log"  # publish's own table (Workspace names it for the stages after): a row per source row
+from patient_etl.workspace import CHECKS, PUBLISH, ROW_LOG, STAGED, StageDb, Workspace, entity_stage
 
 
 @dataclass
@@ -104,8 +102,7 @@ def publish_batch(home: Home, batch: Batch, target_url: str, dry_run: bool = Fal
                     transaction.commit()
                     maybe_die_after_commit()
             results_file = results.link_into_place(tmp, final)
-            label = "_dry-run" if dry_run else "_preview" if held else ""
-            errors_files = _write_errors_files(home, db, batch, label)
+            errors_files = _write_errors_files(home, db, batch, results.file_label(dry_run, bool(held)))
             by_entity = {
                 e: dict(duck.execute(f"SELECT status, count(*) FROM {ROW_LOG} WHERE entity = ? GROUP BY status",
                                      [e]).fetchall())

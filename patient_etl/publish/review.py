@@ -30,10 +30,9 @@ from patient_etl.resources import PatientEtl
 from patient_etl.sources import Sources
 from patient_etl.sources.base import sha256_of
 from patient_etl.target import open_target
-from patient_etl.workspace import Workspace
+from patient_etl.workspace import REVIEWED_LOG, Workspace
 
 PREVIEW_OUTCOMES = "preview_outcomes.parquet"  # in the batch's staging folder: rid-free, value-free
-REVIEWED_LOG = "row_log_since_preview"
 DECISIONS = {"approve": "approved", "reject": "rejected", "expire": "expired"}
 ENDED = {"reject": "Rejected", "expire": "Expired"}
 # A decision publishes, looks for possible duplicates (on approval) and delivers.
@@ -111,7 +110,7 @@ def preview_outcomes(workspace: Workspace) -> Path:
 
 
 def preview_base(batch: Batch) -> str:
-    return results.results_base(batch).removesuffix("_results") + "_preview_results"
+    return results.results_base(batch, held=True)
 
 
 def save_preview(duck: duckdb.DuckDBPyConnection, row_log: str, path: Path) -> None:
