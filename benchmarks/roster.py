@@ -529,12 +529,13 @@ def trace_child(argv: list[str]) -> int:
         setattr(owner, name, wrapper)
 
     from patient_etl.quality import row_checks
+    from patient_etl.quality.validator import Validator
     from patient_etl.target.base import Target
     from patient_etl.target.postgres import PostgresTarget
     from patient_etl.target.sqlite import SqliteTarget
 
-    timed_generator(row_checks, "validate", "GX validate, all chunks (incl. reading them from DuckDB)")
-    timed_generator(row_checks._GroupFrames, "frames", "  of which: DuckDB -> pandas frames")
+    timed_generator(Validator, "validate", "GX validate (validator process), all chunks (incl. reading them from DuckDB)")
+    timed_generator(row_checks._GroupFrames, "frames", "  of which: DuckDB -> Arrow frames")
     timed(row_checks, "run_row_checks", "row_checks.run_row_checks")
     for cls in (Target, PostgresTarget, SqliteTarget):
         for name in ("apply_entity", "load", "fetch", "write_logs", "migrate"):

@@ -29,6 +29,7 @@ from dagster._core.storage.defs_state.base import set_defs_state_storage
 from patient_etl.batches import AWAITING_APPROVAL, Home, SourceFile
 from patient_etl.entities import ENTITIES, entity_named
 from patient_etl.failure import end_failed_run, run_failure_reason
+from patient_etl.quality.validator import prewarm
 from patient_etl.resources import PatientEtl, patient_etl_from_env
 from patient_etl.sources import Sources
 from patient_etl.sources.resources import sources_from_env
@@ -104,6 +105,7 @@ def import_batch(paths: list[str], etl: PatientEtl, dry_run: bool = False, mappi
                  instance: dg.DagsterInstance | None = None, verbose: bool = False,
                  delimiter: str | None = None, review: bool = False) -> dict:
     """Register the files as one batch, run the whole flow on it in-process, return the outcome."""
+    prewarm()
     if mapping:  # a bad template is refused before anything is registered; a path is kept absolute
         template = load_mapping(mapping)
         mapping = str(resolve(mapping).absolute()) if Path(mapping).suffix in (".yaml", ".yml") else template.name
@@ -131,6 +133,8 @@ def run_batch(batch_id: str, etl: PatientEtl, dry_run: bool = False, instance: d
     ends its batch through the one failure path."""
     from patient_etl.definitions import build_defs
 
+    if job_name == "import_job":
+        prewarm()
     if instance is None:
         with home_instance(etl.home_dir()) as own:
             return run_batch(batch_id, etl, dry_run, own, sources, verbose, job_name, publish)

@@ -10,7 +10,6 @@ from patient_etl.linkage import assets as linkage_assets
 from patient_etl.normalize import assets as normalize_assets
 from patient_etl.publish import assets as publish_assets
 from patient_etl.quality import assets as quality_assets
-from patient_etl.quality import checks as quality_checks
 from patient_etl.resources import patient_etl_from_env
 from patient_etl.sources import assets as source_assets
 from patient_etl.sources import delivery, sensors
@@ -24,7 +23,6 @@ def build_defs(resources: dict | None = None) -> dg.Definitions:
         source_assets.defs(),
         staging_assets.defs(),
         quality_assets.defs(),
-        quality_checks.defs(),
         normalize_assets.defs(),
         linkage_assets.defs(),
         publish_assets.defs(),
@@ -34,7 +32,10 @@ def build_defs(resources: dict | None = None) -> dg.Definitions:
         dg.Definitions(
             jobs=[import_job],
             sensors=[failure.batch_failure_sensor, partitions.batch_partitions_sensor],
-            resources={"etl": patient_etl_from_env(), "sources": sources_from_env(), **(resources or {})},
+            # The two processes a run starts as it starts (GX's validator, the linkage) are resources too.
+            resources={"etl": patient_etl_from_env(), "sources": sources_from_env(),
+                       "row_check_validator": quality_assets.RowCheckValidator(),
+                       "linkage_process": linkage_assets.LinkageProcess(), **(resources or {})},
             # Every launch (the job, asset-graph Materialize, backfills) runs a batch in one process: a
             # step process would spend seconds importing the code location, a dozen times, and DuckDB
             # already uses both cores; batches run side by side as separate runs.

@@ -65,6 +65,8 @@ def run_failure_reason(instance: dg.DagsterInstance, run_id: str) -> str:
             return data.user_failure_data.description
         error = data.error
         kind = error.cls_name if error is not None else "an error"
+        if kind == "DagsterAssetCheckFailedError":  # its message names the checks, never values
+            return f"step {step}: {error.message.strip().splitlines()[-1]} failed (a blocking check); see run {run_id}"
         return f"step {step} failed with {kind}; see run {run_id} in Dagster"
     return f"run {run_id} failed before any step reported an error (it may have been stopped or killed)"
 

@@ -9,8 +9,9 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "patient_etl"
 FLOW = ("sources", "staging", "quality", "normalize", "publish", "linkage")
-# Assemble the flow (the entry point, the command line, schedules) or end a batch from any stage.
-ASSEMBLY = {"definitions", "cli", "schedules", "jobs"}
+# Assemble the flow (the entry point, the command and its line, schedules) or end a batch from any stage.
+# `command` starts the validator process of the quality stage before the rest is imported.
+ASSEMBLY = {"definitions", "command", "cli", "schedules", "jobs"}
 END_OF_ANY_STAGE = {"failure": {"sources"}}  # the failure path delivers results back to the source
 
 

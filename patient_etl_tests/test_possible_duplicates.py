@@ -221,6 +221,22 @@ def test_linkage_failing_or_slow_leaves_the_batch_published_with_its_results(tmp
              if r.event_log_entry.dagster_event and r.event_log_entry.step_key]
     published = steps.index(("published_batch", "STEP_SUCCESS"))
     assert published < steps.index(("possible_duplicates", "STEP_START"))
+    # The linkage process started as the run started is used, stopped at its limit, or closed unused.
+    assert _linkage_children() == []
+
+
+def _linkage_children() -> list[int]:
+    """This process's children running the linkage (alive or not yet reaped)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            command = (stat.parent / "cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == os.getpid() and b"patient_etl.linkage.run" in command:
+            found.append(int(stat.parent.name))
+    return found
 
 
 def test_a_keyless_row_matching_several_members_is_errored_and_linkage_names_its_candidates(tmp_path, run_import,

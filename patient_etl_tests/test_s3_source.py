@@ -69,7 +69,8 @@ def test_a_failed_file_is_answered_with_its_reason(instance, etl, s3_server: S3S
     instance.add_dynamic_partitions("batches", [request.partition_key])
     defs = build_defs()
     result = dg.materialize([*defs.assets, *defs.asset_checks], partition_key=request.partition_key,
-                            instance=instance, resources={"etl": etl, "sources": sources}, raise_on_error=False)
+                            instance=instance, resources={**defs.resources, "etl": etl, "sources": sources},
+                            raise_on_error=False)
     assert not result.success
     (key,) = s3_server.keys("results/")
     text = s3_server.read(key).decode()

@@ -38,9 +38,10 @@ def tick(instance, etl, partner, cursor=None):
 def run(instance, etl, partner, key, deliver=True):
     instance.add_dynamic_partitions("batches", [key])
     defs = build_defs()
-    assets = [a for a in defs.assets if deliver or a.key != dg.AssetKey("delivered_results")]
+    assets = [a for a in defs.assets if deliver or dg.AssetKey("delivered_results") not in a.keys]
     return dg.materialize([*assets, *defs.asset_checks], partition_key=key, instance=instance,
-                          resources={"etl": etl, "sources": Sources(sftp=partner)}, raise_on_error=False)
+                          resources={**defs.resources, "etl": etl, "sources": Sources(sftp=partner)},
+                          raise_on_error=False)
 
 
 def test_a_dropped_file_is_processed_retired_and_answered(instance, pg_etl, partner, sshd_server):  # noqa: F811
@@ -106,7 +107,7 @@ def test_a_dropped_connection_during_landing_loses_nothing(instance, etl, partne
     instance.add_dynamic_partitions("batches", [request.partition_key])
     defs = build_defs()
     down = PartnerSftp(server=sshd_server.resource(connect_timeout_seconds=1))
-    failed = dg.materialize([d for d in defs.assets if d.key == dg.AssetKey("landed_batch")],
+    failed = dg.materialize([d for d in defs.assets if dg.AssetKey("landed_batch") in d.keys],
                             partition_key=request.partition_key, instance=instance,
                             resources={"etl": etl, "sources": Sources(sftp=down)}, raise_on_error=False)
     assert not failed.success

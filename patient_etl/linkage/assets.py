@@ -34,8 +34,46 @@ MEMBER_COLUMNS = ("member_id", "first_name", "last_name", "birth_date", "sex", "
 LINKED = ("Finished", "Finished with Errors", AWAITING_APPROVAL)  # a batch published, dry-run or previewed
 
 
+def _spawn() -> subprocess.Popen:
+    # Its own session: a time-out kills the process and whatever it started (a Spark JVM).
+    return subprocess.Popen([sys.executable, "-m", "patient_etl.linkage.run"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+_waiting: subprocess.Popen | None = None  # a linkage process started ahead, not yet given a batch
+
+
+def _take_process() -> subprocess.Popen:
+    global _waiting
+    child, _waiting = _waiting, None
+    return child if child is not None and child.poll() is None else _spawn()
+
+
+class LinkageProcess(dg.ConfigurableResource):
+    """The linkage process, started as the run starts (Dagster sets resources up then): it imports Python,
+    Dagster and Splink (~2 s) while the batch is checked and published, and then waits for its batch.
+    A run that needs no linkage closes it unused."""
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        global _waiting
+        if os.environ.get("PATIENT_ETL_LINKAGE", "on").strip().lower() != "off" and (
+                _waiting is None or _waiting.poll() is not None):
+            _waiting = _spawn()
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        global _waiting
+        if _waiting is not None:  # not used by this run (the stage did not run, or linkage is off)
+            child, _waiting = _waiting, None
+            child.stdin.close()
+            child.wait()
+
+    def link(self, etl: PatientEtl, batch_id: str) -> dict:
+        return run_linkage(etl, batch_id)
+
+
 @dg.asset(partitions_def=batches, group_name="linkage", deps=[dg.AssetKey("published_batch")])
-def possible_duplicates(context: dg.AssetExecutionContext, etl: PatientEtl) -> dg.MaterializeResult:
+def possible_duplicates(context: dg.AssetExecutionContext, etl: PatientEtl,
+                        linkage_process: LinkageProcess) -> dg.MaterializeResult:
     """The batch's members that may be patients the target already holds, or rows sent twice."""
     batch_id = context.partition_key
     batch = etl.registry().require(batch_id)
@@ -45,7 +83,7 @@ def possible_duplicates(context: dg.AssetExecutionContext, etl: PatientEtl) -> d
         return dg.MaterializeResult(metadata={"outcome": f"not looked for: the batch is {batch.status}"})
     try:
         with phi_safe(etl.home_dir(), batch_id, "linking possible duplicates"):
-            metadata = run_linkage(etl, batch_id) if etl.linkage_on() else {"outcome": "off"}
+            metadata = linkage_process.link(etl, batch_id) if etl.linkage_on() else {"outcome": "off"}
             if metadata["outcome"] == "linked":
                 metadata |= merge(etl, workspace, batch)
     except (dg.Failure, SafeError) as exc:  # both PHI-safe by construction
@@ -93,11 +131,10 @@ def run_linkage(etl: PatientEtl, batch_id: str) -> dict:
     time limit: a slow linkage delays the delivery of the results file by that much at most (publishing
     is already done), and Splink's memory (and a Spark session's JVM) goes with the process. Its
     traceback, which may quote data, goes to the home's logs, never to Dagster."""
-    settings = {name: getattr(etl, name) for name in type(etl).model_fields}
-    child = subprocess.Popen([sys.executable, "-m", "patient_etl.linkage.run", batch_id], stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    request = json.dumps({"batch_id": batch_id, "settings": {name: getattr(etl, name) for name in type(etl).model_fields}})
+    child = _take_process()
     try:
-        out, err = child.communicate(json.dumps(settings), timeout=etl.linkage_timeout_seconds)
+        out, err = child.communicate(request + "\n", timeout=etl.linkage_timeout_seconds)
     except subprocess.TimeoutExpired:
         os.killpg(child.pid, signal.SIGKILL)  # its own session: the process and whatever it started
         child.communicate()

@@ -1,6 +1,9 @@
-"""The linkage stage's own process: `python -m patient_etl.linkage.run BATCH_ID`, the settings as JSON
-on stdin (never on the command line: the target URL may carry a password). Prints the stage's metadata
-as one JSON line; a failure is reported the same way, its traceback kept in the home's logs."""
+"""The linkage stage's own process: `python -m patient_etl.linkage.run`, then the batch ID and the
+settings as one JSON object on stdin (never on the command line: the target URL may carry a password).
+It imports Splink first and only then waits for them, so it can be started as the run starts and be
+ready when the stage comes (`linkage.assets.LinkageProcess`). Prints the stage's metadata as one JSON
+line; a failure is reported the same way, its traceback kept in the home's logs. Its stdin closed
+without a request (the run needed no linkage), it exits at once."""
 
 from __future__ import annotations
 
@@ -19,8 +22,13 @@ SLOW = "PATIENT_ETL_FAULT_LINKAGE_DELAY_SECONDS"  # fault injection: a linkage t
 
 
 def main() -> int:
-    batch_id = sys.argv[1]
-    etl = PatientEtl(**json.load(sys.stdin))
+    import splink  # noqa: F401  (~0.5 s, paid while waiting for the request)
+
+    line = sys.stdin.readline()
+    if not line.strip():
+        return 0
+    request = json.loads(line)
+    batch_id, etl = request["batch_id"], PatientEtl(**request["settings"])
     time.sleep(float(os.environ.get(SLOW, "0")))
     try:
         with phi_safe(etl.home_dir(), batch_id, "linking possible duplicates"):

@@ -23,7 +23,7 @@ class PublishConfig(dg.Config):
 
 # Possible duplicates come after (linkage/assets.py): a slow or failing linkage never delays this.
 @dg.asset(partitions_def=batches, group_name="publish", deps=[dg.AssetKey(name) for name in ENTITIES],
-          retry_policy=retry_policy(2, delay=2))
+          retry_policy=retry_policy(2, delay=2), check_specs=[review.HELD_CHECK])
 def published_batch(context: dg.AssetExecutionContext, config: PublishConfig, etl: PatientEtl,
                     sources: Sources) -> dg.MaterializeResult:
     """The batch applied to the target in one transaction, with its results file and row log."""
@@ -38,7 +38,8 @@ def published_batch(context: dg.AssetExecutionContext, config: PublishConfig, et
             if decision != "approve":
                 batch = review.end_unpublished(context.log, etl, batch, decision, decided_by, config.reason)
                 return dg.MaterializeResult(metadata={"status": batch.status, **review.review_metadata(batch),
-                                                      "results_file": dg.MetadataValue.path(batch.results_file)})
+                                                      "results_file": dg.MetadataValue.path(batch.results_file)},
+                                            check_results=[review.held_check(batch)])
             review.check_previewed_bytes(etl, batch)
             batch, previewed = review.approving(batch, decided_by), review.preview_outcomes(etl.workspace(batch.batch_id))
         elif not config.dry_run:
@@ -83,7 +84,7 @@ def published_batch(context: dg.AssetExecutionContext, config: PublishConfig, et
         "results_file": dg.MetadataValue.path(summary.results_file),
         "target": safe_url(etl.target()),
         **({"recovered_from_run": summary.recovered_from} if summary.recovered_from else {}),
-    })
+    }, check_results=[review.held_check(batch)])
 
 
 def by_entity_table(by_entity: dict[str, dict[str, int]]) -> str:
@@ -95,5 +96,4 @@ def by_entity_table(by_entity: dict[str, dict[str, int]]) -> str:
 
 
 def defs() -> dg.Definitions:
-    return dg.Definitions(assets=[published_batch], asset_checks=[review.published_batch_was_not_held],
-                          jobs=[review.approve_batch_job, review.reject_batch_job])
+    return dg.Definitions(assets=[published_batch], jobs=[review.approve_batch_job, review.reject_batch_job])

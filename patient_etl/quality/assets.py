@@ -5,27 +5,40 @@ import dagster as dg
 from patient_etl.entities import ENTITIES
 from patient_etl.errors import phi_safe
 from patient_etl.partitions import batches
+from patient_etl.quality.row_checks import run_row_checks
+from patient_etl.quality.validator import Validator, prewarm, validator
 from patient_etl.resources import PatientEtl
 from patient_etl.staging.assets import staged_rows
 from patient_etl.staging.mappings import load_mapping
 from patient_etl.workspace import CHECKS, STAGED
 
 
-@dg.asset(partitions_def=batches, group_name="validate", deps=[staged_rows])
-def row_checks(context: dg.AssetExecutionContext, etl: PatientEtl) -> dg.MaterializeResult:
-    """Per-row outcomes of the checks: errors and warnings, by row number (never the values)."""
-    # Great Expectations (with pandas and scipy) costs ~2.7 s to import: only the step that checks pays it.
-    from patient_etl.quality.row_checks import run_row_checks
+class RowCheckValidator(dg.ConfigurableResource):
+    """The process Great Expectations runs in (`validator.py`). Dagster sets a run's resources up as the
+    run starts: the validator imports GX on the other core while the run lands and stages its batch."""
 
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        prewarm()
+
+    def process(self) -> Validator:
+        return validator()
+
+
+@dg.asset(partitions_def=batches, group_name="validate", deps=[staged_rows])
+def row_checks(context: dg.AssetExecutionContext, etl: PatientEtl,
+               row_check_validator: RowCheckValidator) -> dg.MaterializeResult:
+    """Per-row outcomes of the checks: errors and warnings, by row number (never the values)."""
     workspace = etl.workspace(context.partition_key)
     summaries = []
     with phi_safe(etl.home_dir(), context.partition_key, "row checks"), workspace.open(CHECKS, reads=[STAGED]) as db:
         batch = etl.registry().require(context.partition_key)
         mapping = load_mapping(batch.mapping) if batch.mapping else None
+        checker = row_check_validator.process()
         for name in workspace.staged_entities():
             relaxed = mapping.relaxed(name) if mapping else frozenset()
             other_dates = mapping.not_month_first(name) if mapping else frozenset()
-            summaries.append(run_row_checks(db, ENTITIES[name], relaxed, other_dates))
+            summaries.append(run_row_checks(db, ENTITIES[name], checker, relaxed, other_dates))
+        checker.release()
     etl.registry().set_status(batch, "Checked")
     top = []
     for s in summaries:

@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import duckdb
-import pandas as pd
 import pyarrow as pa
 
 from patient_etl.duck import first_row, scalar
@@ -25,8 +24,8 @@ from patient_etl.quality.suites import (
     group_indexes,
     rules_for,
     superseded,
-    validate,
 )
+from patient_etl.quality.validator import Validator
 from patient_etl.workspace import StageDb, checked_number, checked_value
 
 CHUNK_ROWS = 1_000_000  # distinct values per validation: its overhead is fixed; ~350 MB of frame at 1M
@@ -83,12 +82,6 @@ def rule_groups(rules: list[Rule], source: dict[str, str]) -> list[tuple[tuple[s
     return list(by_raw.items())
 
 
-def _to_pandas(batch) -> pd.DataFrame:
-    # Text stays Arrow-backed (no Python strings); numbers become numpy, the dtype GX vectorizes ranges on.
-    return batch.to_pandas(types_mapper=lambda t: pd.ArrowDtype(t) if pa.types.is_string(t)
-                           or pa.types.is_large_string(t) else None)
-
-
 @dataclass
 class _GroupFrames:
     """Where one rule group's frames come from: the distinct combinations of its raw columns,
@@ -104,7 +97,7 @@ class _GroupFrames:
             con.execute(f"CREATE OR REPLACE TABLE {self.table} AS SELECT row_number() OVER () AS {VALUE_ID}, * "
                         f"FROM (SELECT DISTINCT {columns} FROM {checked} WHERE width_error IS NULL)")
 
-    def frames(self, con: duckdb.DuckDBPyConnection, checked: str) -> Iterator[pd.DataFrame]:
+    def frames(self, con: duckdb.DuckDBPyConnection, checked: str) -> Iterator[pa.Table]:
         """The group's frames, in chunks of at most CHUNK_ROWS."""
         columns = ", ".join(self.group.columns)
         query = (f"SELECT {VALUE_ID}, {columns} FROM {self.table}" if self.table
@@ -114,10 +107,10 @@ class _GroupFrames:
             pending.append(batch)
             size += batch.num_rows
             if size >= CHUNK_ROWS:
-                yield _to_pandas(pa.Table.from_batches(pending))
+                yield pa.Table.from_batches(pending)
                 pending, size = [], 0
         if pending:
-            yield _to_pandas(pa.Table.from_batches(pending))
+            yield pa.Table.from_batches(pending)
 
     def failing_rows_sql(self, checked: str, verdicts: str) -> str:
         """`rid, rule` of every row whose values failed a rule; `verdicts` holds (rule, value id)."""
@@ -141,9 +134,9 @@ def _plan_frames(con: duckdb.DuckDBPyConnection, checked: str,
             for g, ((raw, group), n) in enumerate(zip(grouped, distinct, strict=True))]
 
 
-def run_row_checks(db: StageDb, entity: Entity, relaxed: frozenset[str] = frozenset(),
+def run_row_checks(db: StageDb, entity: Entity, validator: Validator, relaxed: frozenset[str] = frozenset(),
                    not_month_first: frozenset[str] = frozenset()) -> CheckSummary:
-    """`db` is the batch's checks database.
+    """`db` is the batch's checks database; `validator` the process GX runs the rules in.
 
     A rule's verdict depends only on the values it reads, and each of those is computed from one
     raw column: so a group of rules runs once per distinct combination of its raw columns (32 first
@@ -171,17 +164,17 @@ def run_row_checks(db: StageDb, entity: Entity, relaxed: frozenset[str] = frozen
         for plan in plans:
             plan.prepare(con, checked)
         failing: dict[int, list[tuple[int, list[int]]]] = {}
-        for g, index, ids in validate([p.group for p in plans], lambda g: plans[g].frames(con, checked), rules,
-                                      entity.name, VALUE_ID):
+        for g, index, ids in validator.validate([p.group for p in plans], lambda g: plans[g].frames(con, checked),
+                                                rules, entity.name, VALUE_ID):
             failing.setdefault(g, []).append((index, ids))
-        verdict_rules = pd.DataFrame({"rule": pd.array(range(len(rules)), dtype="int64"),
-                                      "severity": [r.severity for r in rules], "label": [r.label for r in rules],
-                                      "message": [r.message for r in rules]})
+        verdict_rules = pa.table({"rule": pa.array(range(len(rules)), pa.int64()),
+                                  "severity": [r.severity for r in rules], "label": [r.label for r in rules],
+                                  "message": [r.message for r in rules]})
         con.register("verdict_rules", verdict_rules)
         for g, found in failing.items():
-            verdicts = pd.DataFrame({
-                "rule": pd.array([index for index, ids in found for _ in ids], dtype="int64"),
-                VALUE_ID: pd.array([i for _, ids in found for i in ids], dtype="int64"),
+            verdicts = pa.table({
+                "rule": pa.array([index for index, ids in found for _ in ids], pa.int64()),
+                VALUE_ID: pa.array([i for _, ids in found for i in ids], pa.int64()),
             })
             con.register("verdicts", verdicts)
             con.execute(
