@@ -1,6 +1,8 @@
 """DuckDB helpers. DuckDB 2.0 keeps a result open after `fetchone()`, which blocks `register()` and
 friends on that connection; these fetch whole results."""
 
+from collections.abc import Sequence
+
 import duckdb
 
 
@@ -22,3 +24,11 @@ def in_memory(spill: str | None = None) -> duckdb.DuckDBPyConnection:
 def spill_folder(con: duckdb.DuckDBPyConnection) -> str:
     """Where `con` spills: a stage database's own `<file>.tmp`, beside it in the home."""
     return scalar(con, "SELECT current_setting('temp_directory')")
+
+
+def select_lists(columns: dict[str, tuple[str, Sequence]]) -> tuple[str, list]:
+    """A SELECT of Python lists, one per column (name: (DuckDB type, values)), zipped row by row, and
+    its parameters. Small tables built in Python go in this way, not as Arrow: building an Arrow array
+    from Python values imports pandas (~0.45 s), which the run's process otherwise never loads."""
+    select = ", ".join(f"unnest(?::{kind}[]) AS {name}" for name, (kind, _) in columns.items())
+    return f"SELECT {select}", [list(values) for _, values in columns.values()]

@@ -11,11 +11,11 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import duckdb
-import pyarrow as pa
 
-from patient_etl.duck import first_row, scalar
+from patient_etl.duck import first_row, scalar, select_lists
 from patient_etl.entities.spec import MESSAGES_HEADERS, Entity, match_key_sql
 from patient_etl.quality.suites import (
     Rule,
@@ -27,6 +27,9 @@ from patient_etl.quality.suites import (
 )
 from patient_etl.quality.validator import Validator
 from patient_etl.workspace import StageDb, checked_number, checked_value
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 CHUNK_ROWS = 1_000_000  # distinct values per validation: its overhead is fixed; ~350 MB of frame at 1M
 ONE_FRAME_ROWS = 20_000  # up to this many rows, all rules run in one validation on one frame
@@ -99,6 +102,8 @@ class _GroupFrames:
 
     def frames(self, con: duckdb.DuckDBPyConnection, checked: str) -> Iterator[pa.Table]:
         """The group's frames, in chunks of at most CHUNK_ROWS."""
+        import pyarrow as pa  # here, not at the top: loading the code location needs no Arrow (~0.15 s)
+
         columns = ", ".join(self.group.columns)
         query = (f"SELECT {VALUE_ID}, {columns} FROM {self.table}" if self.table
                  else f"SELECT rid AS {VALUE_ID}, {columns} FROM {checked} WHERE width_error IS NULL")
@@ -167,24 +172,23 @@ def run_row_checks(db: StageDb, entity: Entity, validator: Validator, relaxed: f
         for g, index, ids in validator.validate([p.group for p in plans], lambda g: plans[g].frames(con, checked),
                                                 rules, entity.name, VALUE_ID):
             failing.setdefault(g, []).append((index, ids))
-        verdict_rules = pa.table({"rule": pa.array(range(len(rules)), pa.int64()),
-                                  "severity": [r.severity for r in rules], "label": [r.label for r in rules],
-                                  "message": [r.message for r in rules]})
-        con.register("verdict_rules", verdict_rules)
+        verdict_rules, params = select_lists({"rule": ("BIGINT", range(len(rules))),
+                                              "severity": ("VARCHAR", [r.severity for r in rules]),
+                                              "label": ("VARCHAR", [r.label for r in rules]),
+                                              "message": ("VARCHAR", [r.message for r in rules])})
+        con.execute(f"CREATE OR REPLACE TEMP TABLE verdict_rules AS {verdict_rules}", params)
         for g, found in failing.items():
-            verdicts = pa.table({
-                "rule": pa.array([index for index, ids in found for _ in ids], pa.int64()),
-                VALUE_ID: pa.array([i for _, ids in found for i in ids], pa.int64()),
-            })
-            con.register("verdicts", verdicts)
+            verdicts, params = select_lists({"rule": ("BIGINT", [index for index, ids in found for _ in ids]),
+                                             VALUE_ID: ("BIGINT", [i for _, ids in found for i in ids])})
+            con.execute(f"CREATE OR REPLACE TEMP TABLE verdicts AS {verdicts}", params)
             con.execute(
                 f"""INSERT INTO {messages}
                     SELECT ?, f.rid, m.severity, m.label, m.message, m.rule
                     FROM ({plans[g].failing_rows_sql(checked, "verdicts")}) f JOIN verdict_rules m USING (rule)""",
                 [entity.name],
             )
-            con.unregister("verdicts")
-        con.unregister("verdict_rules")
+        con.execute("DROP TABLE IF EXISTS verdicts")
+        con.execute("DROP TABLE verdict_rules")
     finally:
         for plan in plans:
             plan.drop(con)

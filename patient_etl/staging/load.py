@@ -17,10 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
-import pyarrow as pa
 
 from patient_etl.batches import temporary_name
-from patient_etl.duck import scalar
+from patient_etl.duck import scalar, select_lists
 from patient_etl.entities import ENTITIES, FORMAT_ALIASES
 from patient_etl.entities.kinds import SSN_TOKEN_MACRO
 from patient_etl.entities.spec import MAX_GROUP_INDEX, Entity, is_messages_column, map_header, whole_name_hint
@@ -771,16 +770,14 @@ def _wide_cells(db: StageDb, f: StagedFile) -> str:
     con, i = db.con, f.file_index
     names = [f"c{j}" for j in range(len(f.header.headers))]
     shown = [h or f"(unnamed column {j + 1})" for j, h in enumerate(f.header.headers)]
-    headers = pa.table({
-        "name": names,
-        "position": pa.array(range(len(names)), pa.int64()),
-        "header": shown,
-        "known": [c is not None for c in f.header.columns],
-        "message": [f"{h}: contains a control character (such as NUL); remove it" for h in shown],
+    headers, params = select_lists({
+        "name": ("VARCHAR", names),
+        "position": ("BIGINT", range(len(names))),
+        "header": ("VARCHAR", shown),
+        "known": ("BOOLEAN", [c is not None for c in f.header.columns]),
+        "message": ("VARCHAR", [f"{h}: contains a control character (such as NUL); remove it" for h in shown]),
     })
-    con.register("wide_headers", headers)
-    con.execute(f"CREATE TEMP TABLE wide_headers_{i} AS SELECT * FROM wide_headers")
-    con.unregister("wide_headers")
+    con.execute(f"CREATE TEMP TABLE wide_headers_{i} AS {headers}", params)
     con.execute(f"""
         CREATE TEMP TABLE wide_cells_{i} AS
         SELECT u.row_number, u.value, h.* EXCLUDE (name)
@@ -811,11 +808,9 @@ def _record_files(db: StageDb, staged: list[StagedFile]) -> None:
                     [s.file_index, s.name, s.entity, s.rows, s.rejected_rows, s.delimiter])
     rows = [(s.file_index, j, h, c) for s in staged
             for j, (h, c) in enumerate(zip(s.header.headers, s.header.columns, strict=True))]
-    # One insert for thousands of columns (executemany is row by row); Arrow, not pandas: ~0.4 s to import.
-    header_rows = pa.table({"file_index": pa.array([r[0] for r in rows], pa.int32()),
-                            "position": pa.array([r[1] for r in rows], pa.int32()),
-                            "header": pa.array([r[2] for r in rows], pa.string()),
-                            "column_name": pa.array([r[3] for r in rows], pa.string())})
-    con.register("header_rows", header_rows)
-    con.execute(f"INSERT INTO {db.header_map} SELECT * FROM header_rows")
-    con.unregister("header_rows")
+    # One insert for thousands of columns (executemany is row by row).
+    header_rows, params = select_lists({"file_index": ("INTEGER", [r[0] for r in rows]),
+                                        "position": ("INTEGER", [r[1] for r in rows]),
+                                        "header": ("VARCHAR", [r[2] for r in rows]),
+                                        "column_name": ("VARCHAR", [r[3] for r in rows])})
+    con.execute(f"INSERT INTO {db.header_map} {header_rows}", params)
