@@ -29,6 +29,7 @@ from dagster._core.storage.defs_state.base import set_defs_state_storage
 from patient_etl.batches import AWAITING_APPROVAL, Home, SourceFile
 from patient_etl.entities import ENTITIES, entity_named
 from patient_etl.failure import end_failed_run, run_failure_reason
+from patient_etl.instance import write_home_config
 from patient_etl.quality.validator import prewarm
 from patient_etl.resources import PatientEtl, patient_etl_from_env
 from patient_etl.sources import Sources
@@ -41,14 +42,6 @@ INPUT_SUFFIXES = (".csv", ".txt", ".tsv", ".tab", ".psv", ".zip", ".xlsx", ".gz"
 DELIMITERS = {"comma": ",", "semicolon": ";", "tab": "\t", "pipe": "|"}
 COUNTED = ("Created", "Updated", "Unchanged", "Errored")
 REPORTED = ("Finished", "Finished with Errors", AWAITING_APPROVAL, "Rejected", "Expired")  # else Failed
-LOCAL_INSTANCE = """\
-# The Dagster instance of this PATIENT_ETL_HOME, written by patient-etl on first use: runs, events and
-# schedules are kept in SQLite files in this folder. `patient-etl import` and `patient-etl ui` both use
-# it, so every batch run from the command line is visible in the UI. Production sets DAGSTER_HOME to
-# a folder holding the repository's PostgreSQL dagster.yaml instead.
-telemetry:
-  enabled: false
-"""
 log = logging.getLogger("patient_etl")
 
 
@@ -69,9 +62,7 @@ def home_instance(home: Home):
     # the first to hold the lock creates them, the other finds them.
     with open(folder / ".create.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        config = folder / "dagster.yaml"
-        if not config.exists():
-            config.write_text(LOCAL_INSTANCE)
+        write_home_config(folder)
         instance = dg.DagsterInstance.from_config(str(folder))
         instance.get_dynamic_partitions("batches")  # storage created (or found) while the lock is held
         instance.get_runs(limit=1)
