@@ -29,6 +29,7 @@ from pathlib import Path
 import duckdb
 
 from patient_etl.batches import Home, temporary_name
+from patient_etl.duck import connect
 
 STAGED = "staged"
 CHECKS = "checks"
@@ -95,7 +96,7 @@ class Workspace:
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self.path(stage)
         path.unlink(missing_ok=True)
-        con = duckdb.connect(str(path))
+        con = connect(str(path))
         try:
             db = StageDb(self, stage, con)
             for upstream in reads:
@@ -107,7 +108,7 @@ class Workspace:
     @contextmanager
     def read(self, stage: str) -> Iterator[StageDb]:
         """A finished stage's database, read-only."""
-        con = duckdb.connect(str(self.path(stage)), read_only=True)
+        con = connect(str(self.path(stage)), read_only=True)
         try:
             yield StageDb(self, stage, con)
         finally:
