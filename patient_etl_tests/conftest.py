@@ -10,6 +10,9 @@ from pathlib import Path
 # Retries are exercised with their delays scaled down (read when the code location loads, so before
 # patient_etl is imported): a failed landing's ladder is 5+10+20 s in production, 0.25 s here.
 os.environ.setdefault("PATIENT_ETL_RETRY_DELAY_SCALE", "0.01")
+# The shared row-check validator (quality/validator.py) serves every test's runs, and is gone a minute
+# after the suite, not ten.
+os.environ.setdefault("PATIENT_ETL_VALIDATOR_IDLE_SECONDS", "60")
 
 import dagster as dg  # noqa: E402
 import psycopg  # noqa: E402

@@ -1,14 +1,22 @@
-"""The row checks' Great Expectations run in the validator process (quality/validator.py).
+"""The row checks' Great Expectations run in a validator (quality/validator.py), never in the run's process.
 
-The run's own process never imports GX: the validator imports it while the batch lands and stages. A
-validator that died (killed, or failing mid-batch) is never silently reused: the batch it failed ends
-Failed with the one failure path, and the next batch starts a new validator.
+By default a run's validator is a worker forked by the shared validator server (GX imported once, for
+every run of this user and this code); with PATIENT_ETL_VALIDATOR_IDLE_SECONDS=0 each process starts a
+private one. Either way a validator that died (killed, or failing mid-batch) is never silently reused:
+the batch it failed ends Failed with the one failure path, and the next batch gets a new validator.
 """
 
 from __future__ import annotations
 
+import os
+import pickle
 import signal
+import socket
+import subprocess
 import sys
+import time
+
+import pytest
 
 from patient_etl.cli import import_batch
 from patient_etl.quality import validator as validators
@@ -22,32 +30,94 @@ def _outcome(result: dict) -> list[tuple[str, str]]:
     return [(r["external_id"], r["status"]) for r in read_results(result)]
 
 
-def test_the_checks_run_in_the_validator_and_a_killed_one_is_replaced(tmp_path, etl):
+def _until_ended(handle: validators.Validator) -> None:
+    deadline = time.monotonic() + 10
+    while handle.alive():
+        assert time.monotonic() < deadline, "a killed validator still looks alive"
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def fresh_validator():
+    validators.validator().stop()  # this test's runs get a validator of their own
+    yield
+    validators.validator().stop()
+
+
+@pytest.mark.parametrize("idle", ["60", "0"], ids=["shared", "private"])
+def test_the_checks_run_in_a_validator_and_a_killed_one_is_replaced(tmp_path, etl, monkeypatch, idle,
+                                                                       fresh_validator):
+    monkeypatch.setenv(validators.IDLE_SECONDS, idle)
+    validators.validator().stop()
     first = import_batch([str(write_csv(tmp_path / "a.csv", HEADER, *ROWS))], etl)
     assert first["status"] == "Finished with Errors"
     assert _outcome(first) == [("P1", "Created"), ("P2", "Created"), ("P3", "Errored")]
-    assert "great_expectations" not in sys.modules, "GX belongs to the validator process, not the run's"
+    assert "great_expectations" not in sys.modules, "GX belongs to the validator, not the run's process"
     running = validators.validator()
-    assert running.alive()
+    assert running.alive() and running.shared == (idle != "0")
+    assert running.pid != os.getpid()
 
-    running.process.send_signal(signal.SIGKILL)
-    running.process.wait()
+    os.kill(running.pid, signal.SIGKILL)
+    _until_ended(running)
     again = import_batch([str(write_csv(tmp_path / "b.csv", HEADER, *ROWS))], etl)
     assert again["status"] == "Finished with Errors"
     assert _outcome(again) == [("P1", "Unchanged"), ("P2", "Unchanged"), ("P3", "Errored")]
     assert validators.validator() is not running and validators.validator().alive()
+    assert validators.validator().pid != running.pid
 
 
-def test_a_validator_dying_mid_batch_fails_the_batch_and_the_next_one_runs(tmp_path, etl, monkeypatch):
-    validators.validator().stop()  # the next one starts with the fault set
-    monkeypatch.setenv(validators.EXIT_ON_RUN, "1")
+def test_a_validator_dying_mid_batch_fails_the_batch_and_the_next_one_runs(tmp_path, etl, monkeypatch,
+                                                                            fresh_validator):
+    monkeypatch.setenv(validators.EXIT_ON_RUN, "1")  # sent with the batch's suites: its worker exits
     failed = import_batch([str(write_csv(tmp_path / "a.csv", HEADER, *ROWS))], etl)
     assert failed["status"] == "Failed"
     assert "row checks failed" in failed["reason"] and "ValidatorError" in failed["reason"]
     assert "Ann" not in failed["reason"]  # the traceback is in the home's log, not in the reason
 
     monkeypatch.delenv(validators.EXIT_ON_RUN)
-    validators.validator().stop()  # the faulty one exited already; make sure no process carries the setting
     fine = import_batch([str(write_csv(tmp_path / "b.csv", HEADER, *ROWS))], etl)
     assert fine["status"] == "Finished with Errors"
     assert _outcome(fine) == [("P1", "Created"), ("P2", "Created"), ("P3", "Errored")]
+
+
+def _connect() -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(30)
+    sock.connect(validators.address())
+    return sock
+
+
+def test_the_shared_server_forks_a_worker_per_connection_and_a_second_server_yields(fresh_validator):
+    one, two = validators.Validator(), validators.Validator()
+    one._ready(), two._ready()
+    assert one.pid != two.pid and one.alive() and two.alive()
+    one.stop()
+    _until_ended(one)
+    assert two.alive(), "stopping one run's worker leaves the others"
+    two.stop()
+
+    # A server started while one listens finds the address taken and exits at once.
+    started = time.monotonic()
+    second = subprocess.run([sys.executable, "-m", "patient_etl.quality.validator", "--serve", "60"],
+                            capture_output=True, timeout=120)
+    assert second.returncode == 0
+    with _connect() as sock:  # the first still serves
+        kind, pid = pickle.load(sock.makefile("rb"))
+        assert kind == "ready" and pid > 0
+    assert time.monotonic() - started < 120
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to connect as another user")
+def test_the_shared_server_refuses_another_user(fresh_validator):
+    validators.validator()._ready()
+    child = os.fork()
+    if child == 0:  # connect as nobody: the server must close without a worker
+        code = 1
+        try:
+            os.setuid(65534)
+            with _connect() as sock:
+                code = 0 if sock.recv(1) == b"" else 3
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

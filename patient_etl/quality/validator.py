@@ -1,26 +1,44 @@
-"""The row checks' Great Expectations run in a process of its own, started as the run begins.
+"""The row checks' Great Expectations run in a process of their own, never in the run's.
 
-Importing GX with pandas costs ~2.5 s, most of a small batch's row checks. `prewarm()` (called as a run
-lands its batch, and by the `patient-etl` command before it imports Dagster) starts
-`python -m patient_etl.quality.validator`, which imports GX on the other core while the run lands and
-stages the batch; the row checks then only send it their frames. One validator serves a process's
-runs in turn; it exits when its parent does (its stdin closes) and is started again if it died.
+Importing GX with pandas costs ~3 s, more than everything else a small batch does. So the run's process
+never imports it: a validator does, and the row checks send it their frames.
 
-Messages are pickled over the child's stdin and a private copy of its stdout (the child points its
-own stdout at stderr, so nothing GX prints can garble a reply). Frames go as Arrow tables; replies
-carry rule indexes and row ids only. Nothing is written to disk. A child's error comes back as its
-traceback, raised here as a `ValidatorError` (the step's `phi_safe` keeps such text out of Dagster).
+**The shared validator** (the default). The first run starts `python -m patient_etl.quality.validator
+--serve`, which imports GX once, listens on an abstract Unix socket named for this user and this code
+(a hash of the package's source, the interpreter and GX's install, so a changed checkout never talks
+to an old server), and forks a worker per connection: a run's validator is a fresh process with GX
+already imported, ready at once. Only the same user may connect (the peer's uid is checked). The
+server exits after `PATIENT_ETL_VALIDATOR_IDLE_SECONDS` without a connection (600; it holds ~260 MB
+meanwhile); a worker exits when its run closes the connection or ends.
+
+**A private validator** (`PATIENT_ETL_VALIDATOR_IDLE_SECONDS=0`): each process starts its own child, as
+the run starts (`prewarm()`, also called by the `patient-etl` command before it imports Dagster), so GX
+is imported on the other core while the run lands and stages the batch.
+
+Either way one validator serves a process's runs in turn and is started again if it died. Messages
+are pickled over the connection (the child points its own stdout at stderr, so nothing GX prints can
+garble a reply). Frames go as Arrow tables; replies carry rule indexes and row ids only. Nothing is
+written to disk. A child's error comes back as its traceback, raised here as a `ValidatorError` (the
+step's `phi_safe` keeps such text out of Dagster).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import importlib.util
 import os
 import pickle
+import select
+import signal
+import socket
+import struct
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
+from functools import cache
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
@@ -34,35 +52,125 @@ PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 # memory (pandas and Arrow buffers GX copied, not handed back to the OS) would otherwise sit beside publish.
 LARGE_ROWS = 200_000
 EXIT_ON_RUN = "PATIENT_ETL_FAULT_VALIDATOR_EXIT"  # fault injection: the validator dies at its first frame (tests)
+IDLE_SECONDS = "PATIENT_ETL_VALIDATOR_IDLE_SECONDS"
+DEFAULT_IDLE_SECONDS = 600
+START_TIMEOUT = 120  # seconds a run waits for a starting server to listen
 
 
 class ValidatorError(RuntimeError):
     """The validator failed a request or ended; the message may quote data (a child's traceback)."""
 
 
+def idle_seconds() -> float:
+    value = os.environ.get(IDLE_SECONDS, "").strip()
+    try:
+        return max(0.0, float(value)) if value else DEFAULT_IDLE_SECONDS
+    except ValueError:
+        raise ValidatorError(f"{IDLE_SECONDS} must be a number of seconds, not {value!r}") from None
+
+
+@cache
+def address() -> bytes:
+    """The shared validator's abstract socket: this user, this interpreter, this code, this GX."""
+    digest = hashlib.sha256(f"{os.getuid()}\0{sys.executable}\0".encode())
+    for path in sorted((PACKAGE_ROOT / "patient_etl").rglob("*.py")):
+        digest.update(path.relative_to(PACKAGE_ROOT).as_posix().encode() + b"\0" + path.read_bytes())
+    spec = importlib.util.find_spec("great_expectations")  # found, not imported
+    if spec and spec.origin:
+        digest.update(f"{spec.origin}\0{os.stat(spec.origin).st_mtime_ns}".encode())
+    return b"\0patient_etl-validator-" + digest.hexdigest()[:32].encode()
+
+
+def _child_env() -> dict[str, str]:
+    return {**{k: v for k, v in os.environ.items() if k != EXIT_ON_RUN}, "GX_ANALYTICS_ENABLED": "False",
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(PACKAGE_ROOT), os.environ.get("PYTHONPATH")]))}
+
+
+def _start_server(idle: float) -> subprocess.Popen:
+    # Its own session and no inherited streams: it outlives this process and holds none of its pipes.
+    return subprocess.Popen([sys.executable, "-m", "patient_etl.quality.validator", "--serve", str(idle)],
+                            env=_child_env(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+
+
 class Validator:
-    """The parent's handle on one validator process."""
+    """The run's handle on one validator: a worker of the shared server, or a private child."""
 
     def __init__(self) -> None:
-        env = {**os.environ, "GX_ANALYTICS_ENABLED": "False",
-               "PYTHONPATH": os.pathsep.join(filter(None, [str(PACKAGE_ROOT), os.environ.get("PYTHONPATH")]))}
-        # Its own session: a Ctrl-C at the terminal stops the run, whose exit then closes the validator.
-        self.process = subprocess.Popen([sys.executable, "-m", "patient_etl.quality.validator"], env=env,
-                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True)
         self.lock = threading.Lock()
         self.rows_checked = 0
+        self.process: subprocess.Popen | None = None  # a private child, or the server this handle started
+        self.sock: socket.socket | None = None
+        self.pid: int | None = None  # the worker serving this handle
+        self.requests: IO[bytes] | None = None
+        self.replies: IO[bytes] | None = None
+        self.closed = False
+        self.idle = idle_seconds()
+        if self.idle == 0:
+            self.process = subprocess.Popen([sys.executable, "-m", "patient_etl.quality.validator"],
+                                            env=_child_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                            start_new_session=True)
+            self.requests, self.replies, self.pid = self.process.stdin, self.process.stdout, self.process.pid
+        elif not self._connect():
+            self.process = _start_server(self.idle)  # connected to when first asked, once it listens
+
+    @property
+    def shared(self) -> bool:
+        return self.idle > 0
+
+    def _connect(self) -> bool:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(address())
+        except (ConnectionRefusedError, FileNotFoundError):
+            sock.close()
+            return False
+        self.sock, self.requests, self.replies = sock, sock.makefile("wb"), sock.makefile("rb")
+        try:
+            _, self.pid = pickle.load(self.replies)  # ("ready", the worker's pid)
+        except (EOFError, OSError, pickle.UnpicklingError):
+            self.stop()
+            raise ValidatorError("the shared row-check validator refused the connection") from None
+        return True
+
+    def _ready(self) -> None:
+        if self.closed:
+            raise ValidatorError("the row-check validator was stopped")
+        if self.requests is not None:
+            return
+        deadline, restarted = time.monotonic() + START_TIMEOUT, False
+        while not self._connect():
+            if self.process.poll() is not None and not self._connect():
+                # The server this handle started ended without serving it (another took the address and
+                # has since gone, or it could not start): one more, then the batch fails.
+                if restarted:
+                    raise ValidatorError(f"the shared row-check validator could not start "
+                                         f"(exit code {self.process.returncode})")
+                self.process, restarted = _start_server(self.idle), True
+            if time.monotonic() > deadline:
+                raise ValidatorError(f"the shared row-check validator did not start within {START_TIMEOUT} s")
+            time.sleep(0.05)
 
     def alive(self) -> bool:
-        return self.process.poll() is None
+        if self.closed:
+            return False
+        if not self.shared:
+            return self.process.poll() is None
+        if self.sock is None:
+            return True  # its server is starting
+        # An idle worker sends nothing: a readable socket means it has ended.
+        return not select.select([self.sock], [], [], 0)[0]
 
     def _ask(self, *message) -> object:
+        self._ready()
         try:
-            pickle.dump(message, self.process.stdin, protocol=pickle.HIGHEST_PROTOCOL)
-            self.process.stdin.flush()
-            kind, *reply = pickle.load(self.process.stdout)
-        except (BrokenPipeError, EOFError, pickle.UnpicklingError) as exc:
+            pickle.dump(message, self.requests, protocol=pickle.HIGHEST_PROTOCOL)
+            self.requests.flush()
+            kind, *reply = pickle.load(self.replies)
+        except (BrokenPipeError, ConnectionError, EOFError, OSError, ValueError, pickle.UnpicklingError) as exc:
             self.stop()
-            raise ValidatorError(f"the row-check validator ended (exit code {self.process.returncode})") from exc
+            code = f" (exit code {self.process.returncode})" if not self.shared else ""
+            raise ValidatorError(f"the row-check validator ended{code}") from exc
         if kind == "error":
             raise ValidatorError(reply[0])
         return reply[0]
@@ -75,7 +183,7 @@ class Validator:
         with self.lock:
             done = False
             try:
-                self._ask("open", groups, rules, suite_name, index_column)
+                self._ask("open", groups, rules, suite_name, index_column, bool(os.environ.get(EXIT_ON_RUN)))
                 for g in range(len(groups)):
                     for frame in frames(g):
                         self.rows_checked += frame.num_rows
@@ -93,12 +201,19 @@ class Validator:
             self.stop()
 
     def stop(self) -> None:
-        if self.alive():
-            self.process.kill()
-        self.process.wait()
-        for stream in (self.process.stdin, self.process.stdout):
-            with contextlib.suppress(OSError):
-                stream.close()
+        """End this handle's worker (or private child). A shared server goes on serving others."""
+        self.closed = True
+        if not self.shared and self.process is not None:
+            if self.process.poll() is None:
+                self.process.kill()
+            self.process.wait()
+        elif self.pid is not None:
+            with contextlib.suppress(OSError):  # ours, of this user; it may have ended already
+                os.kill(self.pid, signal.SIGKILL)
+        for stream in (self.requests, self.replies, self.sock):
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()
 
 
 _validator: Validator | None = None
@@ -106,7 +221,7 @@ _starting = threading.Lock()
 
 
 def validator() -> Validator:
-    """This process's validator, started (or started again) when needed."""
+    """This process's validator, started (or connected to again) when needed."""
     global _validator
     with _starting:
         if _validator is None or not _validator.alive():
@@ -115,7 +230,7 @@ def validator() -> Validator:
 
 
 def prewarm() -> None:
-    """Start the validator now, so that GX is imported by the time the row checks need it."""
+    """Reach the validator now: connected to the shared one, or one started to import GX meanwhile."""
     validator()
 
 
@@ -123,18 +238,19 @@ def _serve(requests: IO[bytes], replies: IO[bytes]) -> None:
     from patient_etl.quality.gx import Suites, context
 
     context()  # the ephemeral context too is ready before the first request
-    suites = None
+    suites, exit_on_run = None, False
     while True:
         try:
             kind, *args = pickle.load(requests)
-        except EOFError:  # the parent ended
+        except (EOFError, OSError):  # the run ended or closed its handle
             return
         try:
             if kind == "open":
+                *args, exit_on_run = args
                 suites = Suites(*args)
                 reply = None
             elif kind == "run":
-                if os.environ.get(EXIT_ON_RUN):
+                if exit_on_run:
                     os._exit(70)
                 reply = suites.run(*args)
             else:
@@ -149,12 +265,52 @@ def _serve(requests: IO[bytes], replies: IO[bytes]) -> None:
         replies.flush()
 
 
-def main() -> int:
+def _peer_uid(conn: socket.socket) -> int:
+    _, uid, _ = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+    return uid
+
+
+def serve_shared(idle: float) -> int:
+    """The shared validator: GX imported once, a forked worker per connection, gone after `idle` s idle."""
+    from patient_etl.quality.gx import context
+
+    context()  # imported and built before any fork: every worker starts ready
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        listener.bind(address())
+    except OSError:  # another server holds the address (two runs started one at once): it serves
+        return 0
+    listener.listen(64)
+    listener.settimeout(idle)
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # workers are reaped as they exit
+    while True:
+        try:
+            conn, _ = listener.accept()
+        except TimeoutError:
+            return 0
+        if _peer_uid(conn) != os.getuid():
+            conn.close()
+            continue
+        if os.fork() == 0:
+            listener.close()
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            conn.settimeout(None)
+            requests, replies = conn.makefile("rb"), conn.makefile("wb")
+            pickle.dump(("ready", os.getpid()), replies)
+            replies.flush()
+            _serve(requests, replies)
+            os._exit(0)
+        conn.close()
+
+
+def main(argv: list[str]) -> int:
     replies = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # whatever GX prints goes to stderr, not into a reply
+    if argv[:1] == ["--serve"]:
+        return serve_shared(float(argv[1]))
     _serve(sys.stdin.buffer, replies)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))
