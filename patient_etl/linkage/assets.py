@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import dagster as dg
 
@@ -31,12 +32,15 @@ from patient_etl.workspace import CHECKS, LINKAGE, PUBLISH, StageDb, Workspace, 
 # The target's member columns the records are built from (see linkage.records.member_records_sql).
 MEMBER_COLUMNS = ("member_id", "first_name", "last_name", "birth_date", "sex", "addresses", "emails", "phones",
                   "ssn_hash", "match_key")
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 LINKED = ("Finished", "Finished with Errors", AWAITING_APPROVAL)  # a batch published, dry-run or previewed
 
 
 def _spawn() -> subprocess.Popen:
-    # Its own session: a time-out kills the process and whatever it started (a Spark JVM).
-    return subprocess.Popen([sys.executable, "-m", "patient_etl.linkage.run"], stdin=subprocess.PIPE,
+    # Its own session: a time-out kills the process and whatever it started (a Spark JVM). It imports
+    # this very package: its root first on the path, and `-P` keeps the working directory off it.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(PACKAGE_ROOT), os.environ.get("PYTHONPATH")]))}
+    return subprocess.Popen([sys.executable, "-P", "-m", "patient_etl.linkage.run"], stdin=subprocess.PIPE, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 

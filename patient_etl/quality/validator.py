@@ -82,13 +82,15 @@ def address() -> bytes:
 
 
 def _child_env() -> dict[str, str]:
+    # The child imports this very package: PACKAGE_ROOT first, and `python -P` keeps the working
+    # directory (which may hold another checkout) off its path.
     return {**{k: v for k, v in os.environ.items() if k != EXIT_ON_RUN}, "GX_ANALYTICS_ENABLED": "False",
             "PYTHONPATH": os.pathsep.join(filter(None, [str(PACKAGE_ROOT), os.environ.get("PYTHONPATH")]))}
 
 
 def _start_server(idle: float) -> subprocess.Popen:
     # Its own session and no inherited streams: it outlives this process and holds none of its pipes.
-    return subprocess.Popen([sys.executable, "-m", "patient_etl.quality.validator", "--serve", str(idle)],
+    return subprocess.Popen([sys.executable, "-P", "-m", "patient_etl.quality.validator", "--serve", str(idle)],
                             env=_child_env(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
 
@@ -107,7 +109,7 @@ class Validator:
         self.closed = False
         self.idle = idle_seconds()
         if self.idle == 0:
-            self.process = subprocess.Popen([sys.executable, "-m", "patient_etl.quality.validator"],
+            self.process = subprocess.Popen([sys.executable, "-P", "-m", "patient_etl.quality.validator"],
                                             env=_child_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                             start_new_session=True)
             self.requests, self.replies, self.pid = self.process.stdin, self.process.stdout, self.process.pid
