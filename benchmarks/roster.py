@@ -319,6 +319,9 @@ class Run:
         return max(self.maxrss_mb or 0.0, self.tree_mb)
 
 
+TREE: Path | None = None  # --tree: the source tree whose `patient-etl` runs (PYTHONPATH), to compare commits
+
+
 def run_import(path: Path, home: Path, target_url: str | None, log: Path, profile: Path | None = None) -> tuple:
     env = os.environ.copy()
     env.pop("DAGSTER_HOME", None)  # an ephemeral instance, as the CLI uses by default
@@ -328,6 +331,10 @@ def run_import(path: Path, home: Path, target_url: str | None, log: Path, profil
         env["PATIENT_ETL_TARGET_URL"] = target_url
     if profile:
         command = [sys.executable, "-m", "cProfile", "-o", str(profile), "-m", "patient_etl.cli"]
+    elif TREE is not None:
+        env["PYTHONPATH"] = str(TREE)
+        module = "patient_etl.command" if (TREE / "patient_etl" / "command.py").exists() else "patient_etl.cli"
+        command = [sys.executable, "-P", "-c", f"from {module} import entry; entry()"]  # -P: not the cwd's
     else:
         exe = shutil.which("patient-etl") or str(Path(sys.executable).with_name("patient-etl"))
         command = [exe]
@@ -706,6 +713,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile-rows", type=int, help="the size --profile runs on (default: the smallest)")
     parser.add_argument("--dlt", action="store_true",
                         help="also run dlt's merge load of each file into PostgreSQL (pip install -e '.[bench]')")
+    parser.add_argument("--tree", help="run the `patient-etl` of this source tree (a checkout of another commit)")
     parser.add_argument("--dlt-child", nargs=3, help=argparse.SUPPRESS)
     parser.add_argument("--job-child", help=argparse.SUPPRESS)
     parser.add_argument("--executor", default="multiprocess", help=argparse.SUPPRESS)
@@ -717,11 +725,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.dlt_child:
         return dlt_child(Path(args.dlt_child[0]), args.dlt_child[1], Path(args.dlt_child[2]))
 
+    global TREE
+    TREE = Path(args.tree).resolve() if args.tree else None
     out = Path(args.out).absolute()
     logs = out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     targets = ["sqlite", "postgres"] if args.target == "both" else [args.target]
-    print(f"# roster benchmark {dt.datetime.now().isoformat(timespec='seconds')}")
+    print(f"# roster benchmark {dt.datetime.now().isoformat(timespec='seconds')}"
+          + (f" (tree {TREE})" if TREE else ""))
     print(machine())
     print(" ".join(f"{k} {v}" for k, v in versions().items()), flush=True)
 
