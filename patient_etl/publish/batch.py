@@ -71,6 +71,7 @@ def publish_batch(home: Home, batch: Batch, target_url: str, dry_run: bool = Fal
             with target.connect() as conn:
                 transaction = conn.begin()
                 target.serialize_publishes(conn)
+                target.bulk_settings(conn)
                 # Raises TargetSchemaError (nothing applied) when the target differs in a way it never repairs.
                 target.migrate(conn, list(ENTITIES.values()))
                 committed = None if dry_run else target.latest_run(conn, batch.batch_id)

@@ -93,6 +93,9 @@ class Target:
         against a target no one else is changing."""
         raise NotImplementedError
 
+    def bulk_settings(self, conn: sa.Connection) -> None:
+        """Settings for the publish's transaction, whose statements each move a whole batch (none here)."""
+
     def dispose(self) -> None:
         self.engine.dispose()
 

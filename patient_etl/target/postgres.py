@@ -24,6 +24,13 @@ class PostgresTarget(Target):
     def serialize_publishes(self, conn: sa.Connection) -> None:
         conn.exec_driver_sql("SELECT pg_advisory_xact_lock(hashtext('patient_etl.publish'))")
 
+    def bulk_settings(self, conn: sa.Connection) -> None:
+        # For this transaction only. JIT compiles each large statement's expressions (the upsert names
+        # every column): seconds per statement that a batch's single pass never earns back. 4 MB of
+        # work_mem splits a 1M-row hash join into batches on disk; one publish runs at a time.
+        conn.exec_driver_sql("SET LOCAL jit = off")
+        conn.exec_driver_sql("SET LOCAL work_mem = '128MB'")
+
     def catalog(self, conn: sa.Connection) -> dict[str, TableCatalog]:
         columns: dict[str, dict[str, str]] = {}
         for table, column, data_type, precision, scale, length in conn.exec_driver_sql("""
