@@ -127,12 +127,15 @@ class Validator:
         except (ConnectionRefusedError, FileNotFoundError):
             sock.close()
             return False
-        self.sock, self.requests, self.replies = sock, sock.makefile("wb"), sock.makefile("rb")
+        requests, replies = sock.makefile("wb"), sock.makefile("rb")
         try:
-            _, self.pid = pickle.load(self.replies)  # ("ready", the worker's pid)
+            _, pid = pickle.load(replies)  # ("ready", the worker's pid)
         except (EOFError, OSError, pickle.UnpicklingError):
-            self.stop()
-            raise ValidatorError("the shared row-check validator refused the connection") from None
+            # The server closed it unanswered: it was idling out as this connected. Not connected.
+            for stream in (requests, replies, sock):
+                stream.close()
+            return False
+        self.sock, self.requests, self.replies, self.pid = sock, requests, replies, pid
         return True
 
     def _ready(self) -> None:
