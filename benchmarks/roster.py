@@ -326,6 +326,9 @@ def run_import(path: Path, home: Path, target_url: str | None, log: Path, profil
     env = os.environ.copy()
     env.pop("DAGSTER_HOME", None)  # an ephemeral instance, as the CLI uses by default
     env["PATIENT_ETL_HOME"] = str(home)
+    # A private validator: the peak is the import's process tree, which a shared validator's worker
+    # (a child of its server) is not part of.
+    env.setdefault("PATIENT_ETL_VALIDATOR_IDLE_SECONDS", "0")
     env.pop("PATIENT_ETL_TARGET_URL", None)
     if target_url:
         env["PATIENT_ETL_TARGET_URL"] = target_url
@@ -677,6 +680,9 @@ def dlt_child(path: Path, db: str, work: Path) -> int:
     return 0
 
 
+DLT_PYTHON = sys.executable  # --dlt-python: an interpreter with dlt (a venv of its own keeps its pins apart)
+
+
 def dlt_runs(path: Path, rows: int, logs: Path) -> list[Run]:
     """Two dlt merge loads of the file into a fresh database (the second: every row already there)."""
     db = create_db("benchdlt")
@@ -685,7 +691,7 @@ def dlt_runs(path: Path, rows: int, logs: Path) -> list[Run]:
     try:
         for label in ("dlt merge #1", "dlt merge again"):
             log = logs / f"dlt_{rows}_{label.split()[-1].strip('#')}.log"
-            command = [sys.executable, str(Path(__file__).resolve()), "--dlt-child", str(path), db, str(work)]
+            command = [DLT_PYTHON, str(Path(__file__).resolve()), "--dlt-child", str(path), db, str(work)]
             wall, rc, outcome, maxrss, tree, _ = measured(command, os.environ.copy(), log)
             run = Run(rows, "postgres", label, wall, rc, outcome, maxrss, tree, {}, None, str(log))
             print(f"  dlt      {rows:>9,} {label:15} rc={rc} wall={wall:6.1f}s peak={run.peak_mb:6.0f} MB "
@@ -714,6 +720,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dlt", action="store_true",
                         help="also run dlt's merge load of each file into PostgreSQL (pip install -e '.[bench]')")
     parser.add_argument("--tree", help="run the `patient-etl` of this source tree (a checkout of another commit)")
+    parser.add_argument("--dlt-python", help="the interpreter --dlt runs dlt with (default: this one)")
     parser.add_argument("--dlt-child", nargs=3, help=argparse.SUPPRESS)
     parser.add_argument("--job-child", help=argparse.SUPPRESS)
     parser.add_argument("--executor", default="multiprocess", help=argparse.SUPPRESS)
@@ -725,8 +732,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.dlt_child:
         return dlt_child(Path(args.dlt_child[0]), args.dlt_child[1], Path(args.dlt_child[2]))
 
-    global TREE
+    global TREE, DLT_PYTHON
     TREE = Path(args.tree).resolve() if args.tree else None
+    DLT_PYTHON = args.dlt_python or sys.executable
     out = Path(args.out).absolute()
     logs = out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
