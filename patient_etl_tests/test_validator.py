@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -105,6 +106,21 @@ def test_the_shared_server_forks_a_worker_per_connection_and_a_second_server_yie
         kind, pid = pickle.load(sock.makefile("rb"))
         assert kind == "ready" and pid > 0
     assert time.monotonic() - started < 120
+
+
+@pytest.mark.parametrize("idle", ["60", "0"], ids=["shared", "private"])
+def test_a_validator_inherits_none_of_the_runs_settings_or_secrets(monkeypatch, idle, fresh_validator):
+    monkeypatch.setenv(validators.IDLE_SECONDS, idle)
+    monkeypatch.setenv("PATIENT_ETL_TARGET_URL", "postgresql://etl:s3cret@db.internal/patients")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s3cret")
+    validators.validator().stop()
+    handle = validators.validator()
+    handle._ready()
+    environ = dict(item.split(b"=", 1) for item in Path(f"/proc/{handle.pid}/environ").read_bytes().split(b"\0")
+                   if b"=" in item)
+    assert b"PATH" in environ and environ[b"GX_ANALYTICS_ENABLED"] == b"False"
+    assert not [k for k in environ if k.startswith((b"PATIENT_ETL_", b"DAGSTER_", b"AWS_"))], sorted(environ)
+    assert b"s3cret" not in b"".join(environ.values())
 
 
 @pytest.mark.skipif(os.getuid() != 0, reason="needs root to connect as another user")

@@ -81,10 +81,18 @@ def address() -> bytes:
     return b"\0patient_etl-validator-" + digest.hexdigest()[:32].encode()
 
 
+# What a validator inherits of the run's environment: what Python, locale and the numeric libraries
+# read. Never the run's settings and secrets (target URLs, source credentials, hash keys): a shared
+# validator outlives the run that started it.
+KEPT_ENV = {"PATH", "HOME", "USER", "LOGNAME", "LANG", "TZ", "TMPDIR", "LD_LIBRARY_PATH", "VIRTUAL_ENV"}
+KEPT_ENV_PREFIXES = ("LC_", "PYTHON", "GX_", "OMP_", "MKL_", "OPENBLAS_", "NUMEXPR_")
+
+
 def _child_env() -> dict[str, str]:
     # The child imports this very package: PACKAGE_ROOT first, and `python -P` keeps the working
     # directory (which may hold another checkout) off its path.
-    return {**{k: v for k, v in os.environ.items() if k != EXIT_ON_RUN}, "GX_ANALYTICS_ENABLED": "False",
+    kept = {k: v for k, v in os.environ.items() if k in KEPT_ENV or k.startswith(KEPT_ENV_PREFIXES)}
+    return {**kept, "GX_ANALYTICS_ENABLED": "False",
             "PYTHONPATH": os.pathsep.join(filter(None, [str(PACKAGE_ROOT), os.environ.get("PYTHONPATH")]))}
 
 
