@@ -220,8 +220,11 @@ class Validator:
             if self.process.poll() is None:
                 self.process.kill()
             self.process.wait()
-        elif self.pid is not None:
-            with contextlib.suppress(OSError):  # ours, of this user; it may have ended already
+        elif self.pid is not None and self.sock is not None and self.sock.fileno() >= 0 \
+                and not select.select([self.sock], [], [], 0)[0]:
+            # Still connected, and silent: the worker is alive (its end would close the socket), so
+            # the pid is still its own. Stopped mid-batch, it is killed rather than left computing.
+            with contextlib.suppress(OSError):
                 os.kill(self.pid, signal.SIGKILL)
         for stream in (self.requests, self.replies, self.sock):
             if stream is not None:
