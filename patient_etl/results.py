@@ -202,10 +202,41 @@ def error_labels(messages: str | None) -> dict[str, list[str]]:
     return found
 
 
+SHEET_ROWS = 1_048_576  # Excel's rows per worksheet, the header's included
+
+
+class _Sheets:
+    """A worksheet and, past Excel's rows per sheet, its continuations (`rows`, `rows 2`, ...): a
+    workbook that ran out of rows would otherwise drop the rest without a word."""
+
+    def __init__(self, workbook, name: str, titles: list[str], bold, limit: int):
+        self.workbook, self.name, self.titles, self.bold, self.limit = workbook, name, titles, bold, limit
+        self.count = 0
+        self._add()
+
+    def _add(self) -> None:
+        self.count += 1
+        self.sheet = self.workbook.add_worksheet(self.name if self.count == 1 else f"{self.name} {self.count}")
+        for j, title in enumerate(self.titles):
+            if title:  # a blank header stays a blank cell
+                self.sheet.write_string(0, j, title, self.bold)
+        self.sheet.freeze_panes(1, 0)
+        self.line = 0  # the header's
+
+    def next_line(self):
+        """The sheet the next line goes on, and its row (0-based; the header is row 0)."""
+        if self.line + 1 >= self.limit:
+            self._add()
+        self.line += 1
+        return self.sheet, self.line
+
+
 def write_errors_xlsx(duck: duckdb.DuckDBPyConnection, query: str, entity: str,
-                      headers: list[tuple[int, str, str | None]], tmp: Path) -> None:
+                      headers: list[tuple[int, str, str | None]], tmp: Path, sheet_rows: int = SHEET_ROWS) -> None:
     """The errors file as a workbook: the partner's cells as text (no formula ever runs), each cell
-    with an error filled and commented, and a second sheet listing every error by row and column."""
+    with an error filled and commented, and a second sheet listing every error by row and column. More
+    lines than a worksheet holds (`sheet_rows`) go on on `rows 2`, `errors 2`...; the listing then
+    names the sheet of a row that is not on `rows`."""
     import xlsxwriter  # heavy-ish, and only needed when a file has errored rows
 
     labels = {c.name: c.label for c in ENTITIES[entity].columns()} if entity in ENTITIES else {}
@@ -215,34 +246,30 @@ def write_errors_xlsx(duck: duckdb.DuckDBPyConnection, query: str, entity: str,
     try:
         bold = workbook.add_format({"bold": True})
         bad = workbook.add_format({"bg_color": "#FFC7CE", "font_color": "#9C0006"})
-        rows, listing = workbook.add_worksheet("rows"), workbook.add_worksheet("errors")
-        for j, (_, header, _) in enumerate(echoed):
-            if header:  # a blank header stays a blank cell
-                rows.write_string(0, j, header, bold)
-        rows.write_string(0, len(echoed), "errors", bold)
-        for j, title in enumerate(("row", "column", "error")):
-            listing.write_string(0, j, title, bold)
-        rows.freeze_panes(1, 0)
+        rows = _Sheets(workbook, "rows", [header for _, header, _ in echoed] + ["errors"], bold, sheet_rows)
+        listing = _Sheets(workbook, "errors", ["row", "column", "error"], bold, sheet_rows)
         result = duck.execute(f"SELECT * EXCLUDE (_n) FROM ({query}) ORDER BY _n")
-        line, listed = 0, 0
         while chunk := result.fetchmany(2048):
             for record in chunk:
-                line += 1
+                sheet, line = rows.next_line()
                 messages = record[-1]
                 by_label = error_labels(messages)
                 for j, (_, header, column) in enumerate(echoed):
                     value = record[j]
                     problems = by_label.get(labels.get(column or "", ""), [])
                     if problems:
-                        rows.write_string(line, j, value or "", bad)
-                        rows.write_comment(line, j, "; ".join(problems))
+                        sheet.write_string(line, j, value or "", bad)
+                        sheet.write_comment(line, j, "; ".join(problems))
                         for problem in problems:
-                            listed += 1
-                            listing.write_number(listed, 0, line + 1)
-                            listing.write_string(listed, 1, header)
-                            listing.write_string(listed, 2, problem)
+                            errors, at = listing.next_line()
+                            if rows.count == 1:
+                                errors.write_number(at, 0, line + 1)
+                            else:
+                                errors.write_string(at, 0, f"{sheet.name}: {line + 1}")
+                            errors.write_string(at, 1, header)
+                            errors.write_string(at, 2, problem)
                     elif value is not None:
-                        rows.write_string(line, j, value)
-                rows.write_string(line, len(echoed), messages or "")
+                        sheet.write_string(line, j, value)
+                sheet.write_string(line, len(echoed), messages or "")
     finally:
         workbook.close()

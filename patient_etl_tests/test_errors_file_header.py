@@ -20,3 +20,35 @@ def test_a_formula_header_is_written_as_text(tmp_path, etl, run_import):
     with errors.open(newline="", encoding="utf-8") as handle:
         header = next(csv.reader(handle))
     assert header == ["Patient ID", "First Name", "Last Name", "DOB", "Sex", "'=HYPERLINK(\"x\")", "'@note", "errors"]
+
+
+def test_errors_workbook_goes_on_on_further_sheets_past_a_sheets_rows(tmp_path):
+    """A workbook holds 1,048,576 rows a sheet: past them, rows and errors go on on `rows 2`, `errors 2`...
+    (written with a sheet of 4 rows: the header and three lines), none dropped."""
+    import duckdb
+    from openpyxl import load_workbook
+
+    from patient_etl.results import SHEET_ROWS, write_errors_xlsx
+
+    assert SHEET_ROWS == 2 ** 20  # Excel's
+    duck = duckdb.connect()
+    query = ("SELECT 'M' || n AS c0, 'x' || n AS c1, 'error: sex: unknown' "
+             "|| CASE WHEN n % 2 = 0 THEN '; error: member_id: too long' ELSE '' END AS errors, n AS _n "
+             "FROM range(1, 8) t(n)")
+    headers = [(0, "Member ID", "member_id"), (1, "Sex", "sex")]
+    path = tmp_path / "errors.xlsx"
+    write_errors_xlsx(duck, query, "member", headers, path, sheet_rows=4)
+    workbook = load_workbook(path)
+    # Each series starts a sheet when it needs one: three lines a sheet, 7 rows and 10 errors.
+    assert workbook.sheetnames == ["rows", "errors", "errors 2", "rows 2", "errors 3", "rows 3", "errors 4"]
+    lines = [[c.value for c in row] for name in ("rows", "rows 2", "rows 3") for row in workbook[name].iter_rows()]
+    headers_seen = [line for line in lines if line[0] == "Member ID"]
+    assert len(headers_seen) == 3 and headers_seen[0] == ["Member ID", "Sex", "errors"]
+    assert [line[0] for line in lines if line[0] != "Member ID"] == [f"M{n}" for n in range(1, 8)]
+    listed = [[c.value for c in row] for name in ("errors", "errors 2", "errors 3", "errors 4")
+              for row in workbook[name].iter_rows(min_row=2)]
+    assert len(listed) == 7 + 3  # every sex error, and the member_id error of M2, M4, M6
+    assert listed[:3] == [[2, "Sex", "unknown"], [3, "Member ID", "too long"], [3, "Sex", "unknown"]]
+    assert ["rows 2: 2", "Sex", "unknown"] in listed  # M4, the first line of `rows 2`
+    assert ["rows 3: 2", "Member ID", "too long"] not in listed and ["rows 3: 2", "Sex", "unknown"] in listed
+    assert workbook["rows 3"]["B2"].comment.text == "unknown"
