@@ -27,6 +27,7 @@ import dagster as dg
 from dagster._core.storage.defs_state.base import set_defs_state_storage
 
 from patient_etl.batches import AWAITING_APPROVAL, Home, SourceFile
+from patient_etl.duck import SettingError, memory_limit
 from patient_etl.entities import ENTITIES, entity_named
 from patient_etl.failure import end_failed_run, run_failure_reason
 from patient_etl.instance import write_home_config
@@ -96,6 +97,7 @@ def import_batch(paths: list[str], etl: PatientEtl, dry_run: bool = False, mappi
                  instance: dg.DagsterInstance | None = None, verbose: bool = False,
                  delimiter: str | None = None, review: bool = False) -> dict:
     """Register the files as one batch, run the whole flow on it in-process, return the outcome."""
+    memory_limit()  # a setting that cannot be used is refused before a batch is registered
     prewarm()
     if mapping:  # a bad template is refused before anything is registered; a path is kept absolute
         template = load_mapping(mapping)
@@ -519,7 +521,7 @@ def main(argv: list[str] | None = None) -> int:
         outcome = import_batch(args.paths, etl, dry_run=args.dry_run, mapping=args.mapping, verbose=args.verbose,
                                delimiter=args.delimiter, review=args.review)
         return _print_outcome(outcome, args.json)
-    except (UsageError, KeyError, MappingError) as exc:
+    except (UsageError, KeyError, MappingError, SettingError) as exc:
         print(f"patient-etl: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)
         return 2
 

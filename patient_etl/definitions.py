@@ -5,6 +5,7 @@ from __future__ import annotations
 import dagster as dg
 
 from patient_etl import failure, partitions, schedules
+from patient_etl.duck import memory_limit
 from patient_etl.jobs import import_job
 from patient_etl.linkage import assets as linkage_assets
 from patient_etl.normalize import assets as normalize_assets
@@ -18,7 +19,10 @@ from patient_etl.staging import assets as staging_assets
 
 
 def build_defs(resources: dict | None = None) -> dg.Definitions:
-    """`resources` replace the ones built from the environment (the CLI and tests pass their own)."""
+    """`resources` replace the ones built from the environment (the CLI and tests pass their own). A
+    setting read as the runs go (DuckDB's memory limit) is checked here: a code location that loads
+    runs no batch into it."""
+    memory_limit()
     return dg.Definitions.merge(
         source_assets.defs(),
         staging_assets.defs(),

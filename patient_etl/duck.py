@@ -1,6 +1,8 @@
 """DuckDB helpers. DuckDB 2.0 keeps a result open after `fetchone()`, which blocks `register()` and
 friends on that connection; these fetch whole results."""
 
+import os
+import re
 from collections.abc import Sequence
 
 import duckdb
@@ -15,10 +17,37 @@ def scalar(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None)
     return first_row(con, sql, params)[0]
 
 
+MEMORY_LIMIT = "PATIENT_ETL_DUCKDB_MEMORY"  # per database a process opens, in DuckDB's units
+DEFAULT_MEMORY_LIMIT = "512MB"
+
+
+class SettingError(ValueError):
+    """A setting of the environment that cannot be used; the message names it."""
+
+
+def memory_limit() -> str:
+    """The memory one DuckDB database may hold, beyond which it evicts its file's pages and spills its
+    intermediates into the home. DuckDB's own default is 80% of the machine: a stage database kept the
+    pages it wrote cached, so a batch's peak grew with its size (1.1 GB in the publish of 1M rows);
+    bounded, it does not."""
+    value = os.environ.get(MEMORY_LIMIT, "").strip() or DEFAULT_MEMORY_LIMIT
+    if not re.fullmatch(r"\d+(\.\d+)?\s*(B|KB|KiB|MB|MiB|GB|GiB|TB|TiB)", value, re.IGNORECASE):
+        raise SettingError(f"{MEMORY_LIMIT} must be an amount of memory such as 512MB or 2GB, not {value!r}")
+    return value
+
+
+def out_of_memory(step: str) -> str:
+    """What a step that DuckDB stopped at its memory limit says (DuckDB's own text is sizes only, but
+    the operator it names is no help to the reader)."""
+    return (f"{step} needed more memory than DuckDB may use ({MEMORY_LIMIT}={memory_limit()}): raise the "
+            "limit, then reprocess the batch")
+
+
 def connect(path: str = ":memory:", read_only: bool = False, config: dict | None = None) -> duckdb.DuckDBPyConnection:
-    """`duckdb.connect`, without the progress bar DuckDB draws on stderr for a query over ~2 s (a 1M-row
-    batch's): noise in the command line's output and in every step's captured log. Its cursors inherit."""
-    con = duckdb.connect(path, read_only=read_only, config=config or {})
+    """`duckdb.connect` with the memory limit (`memory_limit`), and without the progress bar DuckDB draws
+    on stderr for a query over ~2 s (a 1M-row batch's): noise in the command line's output and in every
+    step's captured log. Its cursors inherit."""
+    con = duckdb.connect(path, read_only=read_only, config={"memory_limit": memory_limit(), **(config or {})})
     con.execute("SET enable_progress_bar = false")
     return con
 

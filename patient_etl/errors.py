@@ -14,8 +14,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import dagster as dg
+import duckdb
 
 from patient_etl.batches import Home
+from patient_etl.duck import out_of_memory
 
 
 class SafeError(Exception):
@@ -28,6 +30,8 @@ def phi_safe(home: Home, batch_id: str, step: str) -> Iterator[None]:
         yield
     except (dg.Failure, SafeError):
         raise
+    except duckdb.OutOfMemoryException:
+        raise dg.Failure(description=out_of_memory(step)) from None
     except Exception as exc:
         logs = home.logs
         logs.mkdir(mode=0o700, exist_ok=True)

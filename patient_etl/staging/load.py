@@ -503,6 +503,8 @@ def _load_file(db: StageDb, staged: StagedFile, limits: Limits, key_position: in
             if staged.rows == 0:
                 raise FileRejected("no_data", f"{staged.name} has a header but no data rows")
             return
+        except duckdb.OutOfMemoryException:
+            raise  # the careful way would run out too
         except duckdb.Error:
             con.execute(f"DROP TABLE IF EXISTS accepted_{i}")
             con.execute(f"DROP TABLE IF EXISTS {raw}")
@@ -623,6 +625,8 @@ def stage_files(db: StageDb, files: list[tuple[str, Path]], max_bytes: int = DEF
         key_position = item.header.columns.index(key) if key in item.header.columns else None
         try:
             _load_file(db, item, limits, key_position)
+        except duckdb.OutOfMemoryException:
+            raise  # not the file's fault: the step fails naming the memory limit (errors.phi_safe)
         except duckdb.Error as exc:  # its text may quote a line of the file: keep only the type
             raise FileRejected("unreadable", f"{item.name} could not be read as CSV "
                                              f"({type(exc).__name__})") from None

@@ -1,0 +1,90 @@
+"""DuckDB's memory per database (PATIENT_ETL_DUCKDB_MEMORY): every database the pipeline opens is bounded,
+a batch larger than the bound goes through with the same outcome (DuckDB evicts and spills inside the
+home), and a value that is not an amount of memory is refused by name."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from patient_etl import cli, duck
+from patient_etl.definitions import build_defs
+from patient_etl.resources import PatientEtl
+from patient_etl_tests.conftest import query, read_results, write_csv
+
+PACKAGE = Path(__file__).resolve().parents[1] / "patient_etl"
+HEADER = "Member ID,First Name,Last Name,DOB,Sex,Address Line 1,City,State,Zip,Email"
+
+
+def _roster(path: Path, rows: int) -> Path:
+    lines = [f"M{n:07d},Ann{n % 97},Lee{n % 89},1980-{1 + n % 12:02d}-{1 + n % 28:02d},{'FM'[n % 2]},"
+             f"{n} Main St,Boston,MA,{n % 100000:05d},a{n}@example.org" for n in range(rows)]
+    lines[7] = lines[7].replace(",F,", ",X,").replace(",M,", ",X,")  # one row errored: an unknown sex
+    return write_csv(path, HEADER, *lines)
+
+
+def test_every_database_is_opened_through_the_bounded_connect():
+    """`duck.connect` applies the limit; a `duckdb.connect` elsewhere in the package would not."""
+    elsewhere = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path.name == "duck.py" or path.parts[-2:] == ("linkage", "default.py"):  # default.py: a build tool
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "connect"
+                    and isinstance(node.func.value, ast.Name) and node.func.value.id == "duckdb"):
+                elsewhere.append(f"{path.relative_to(PACKAGE)}:{node.lineno}")
+    assert elsewhere == []
+
+
+@pytest.mark.parametrize("value, expected", [("", duck.DEFAULT_MEMORY_LIMIT), ("96MB", "96MB"), ("1.5GB", "1.5GB")])
+def test_connect_applies_the_limit(monkeypatch, value, expected):
+    monkeypatch.setenv(duck.MEMORY_LIMIT, value)
+    con = duck.connect()
+    bound = duck.scalar(con, "SELECT current_setting('memory_limit')")
+    con.close()
+    reference = duck.connect(config={"memory_limit": expected})  # DuckDB's own rendering of `expected`
+    assert bound == duck.scalar(reference, "SELECT current_setting('memory_limit')")
+    reference.close()
+
+
+@pytest.mark.parametrize("value", ["lots", "512", "-1GB", "1GB; SET threads = 1"])
+def test_a_value_that_is_not_an_amount_of_memory_is_refused_before_anything(tmp_path, home, monkeypatch, capsys,
+                                                                             value):
+    path = _roster(tmp_path / "roster.csv", 10)
+    monkeypatch.setenv("PATIENT_ETL_HOME", str(home))
+    monkeypatch.setenv(duck.MEMORY_LIMIT, value)
+    assert cli.main(["import", str(path), "--json"]) == 2
+    assert capsys.readouterr().err.strip() == (f"patient-etl: {duck.MEMORY_LIMIT} must be an amount of memory "
+                                               f"such as 512MB or 2GB, not {value!r}")
+    assert PatientEtl(home=str(home)).registry().all() == []  # no batch registered
+    with pytest.raises(duck.SettingError, match=duck.MEMORY_LIMIT):  # nor does the code location load
+        build_defs()
+
+
+def test_a_limit_too_small_fails_the_batch_naming_the_limit(tmp_path, home, pg_url, run_import, monkeypatch):
+    """Not the file's fault: the batch is Failed by the run, the reason says which setting to raise, and
+    nothing reached the target."""
+    path = _roster(tmp_path / "roster.csv", 2_000)
+    monkeypatch.setenv(duck.MEMORY_LIMIT, "4MB")
+    outcome = run_import(path, PatientEtl(home=str(home), target_url=pg_url))
+    assert outcome["status"] == "Failed" and outcome["failure"] == "run"
+    step, said = outcome["reason"].split(" needed more memory", 1)  # the step it stopped in (row checks here)
+    assert step in ("staging", "row checks") and said == (f" than DuckDB may use ({duck.MEMORY_LIMIT}=4MB): "
+                                                          "raise the limit, then reprocess the batch")
+    assert query(pg_url, "SELECT status, reason FROM import_batch") == [("Failed", outcome["reason"])]
+    assert query(pg_url, "SELECT count(*) FROM information_schema.tables WHERE table_name = 'member'") in (
+        [(0,)], [(1,)]) and query(pg_url, "SELECT count(*) FROM import_row") == [(0,)]
+
+
+def test_a_batch_under_a_tight_limit_has_the_same_outcome(tmp_path, home, etl, run_import, monkeypatch):
+    """60,000 rows under 48 MB a database: DuckDB evicts the pages it wrote and spills its sorts and joins
+    (into the stage's own `.tmp` folder, beside it in the home); the outcome is the one any limit gives."""
+    path = _roster(tmp_path / "roster.csv", 60_000)
+    monkeypatch.setenv(duck.MEMORY_LIMIT, "48MB")
+    outcome = run_import(path, etl)
+    assert outcome["counts"] == {"Created": 59_999, "Updated": 0, "Unchanged": 0, "Errored": 1}
+    errored = [r for r in read_results(outcome) if r["status"] == "Errored"]
+    assert [(r["row_number"], r["external_id"]) for r in errored] == [("8", "M0000007")]
+    assert "sex" in errored[0]["messages"]
