@@ -235,10 +235,12 @@ def drop_db(name: str) -> None:
 # -- one import ----------------------------------------------------------------------------------------
 
 class TreeRss:
-    """Samples the summed RSS of a process and all its descendants (from /proc) every `interval` s."""
+    """Samples the summed RSS of a process and all its descendants (from /proc) every `interval` s;
+    `at_peak` is what each process held at the tree's peak (by a short name: which one to shrink)."""
 
     def __init__(self, pid: int, interval: float = 0.1):
         self.pid, self.interval, self.peak_kb = pid, interval, 0
+        self.at_peak: dict[str, int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -265,18 +267,34 @@ class TreeRss:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            total = 0
+            held: dict[str, int] = {}
             for pid in self._tree():
                 try:
                     with open(f"/proc/{pid}/status") as handle:
                         for line in handle:
                             if line.startswith("VmRSS:"):
-                                total += int(line.split()[1])
+                                name = _process_name(pid)
+                                held[name] = held.get(name, 0) + int(line.split()[1])
                                 break
                 except OSError:
                     pass
-            self.peak_kb = max(self.peak_kb, total)
+            if sum(held.values()) > self.peak_kb:
+                self.peak_kb, self.at_peak = sum(held.values()), held
             self._stop.wait(self.interval)
+
+
+def _process_name(pid: int) -> str:
+    """A process of an import's tree, by role: the validator, the linkage child, else the command's name."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            argv = [a.decode(errors="replace") for a in handle.read().split(b"\0") if a]
+    except OSError:
+        return "?"
+    text = " ".join(argv)
+    for role in ("validator", "linkage"):
+        if role in text:
+            return role
+    return Path(argv[0]).name if argv else "?"
 
 
 _DURATION = re.compile(r'Finished execution of step "([^"]+)" in ([0-9.]+)(ms|s|m)\b')
@@ -366,6 +384,8 @@ def measured(command: list[str], env: dict, log: Path) -> tuple:
         import resource
         maxrss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # largest child so far
     outcome = next((json.loads(line) for line in reversed(stdout.splitlines()) if line.startswith("{")), None)
+    print("    at the peak: " + ", ".join(f"{name} {kb / 1024:,.0f} MB" for name, kb in
+                                       sorted(sampler.at_peak.items(), key=lambda item: -item[1])), flush=True)
     return wall, proc.returncode, outcome, maxrss, sampler.peak_kb / 1024, stderr
 
 
