@@ -107,13 +107,14 @@ class _GroupFrames:
         columns = ", ".join(self.group.columns)
         query = (f"SELECT {VALUE_ID}, {columns} FROM {self.table}" if self.table
                  else f"SELECT rid AS {VALUE_ID}, {columns} FROM {checked} WHERE width_error IS NULL")
+        # Whole record batches of a sixteenth of a frame, not slices: a slice pickles its whole buffers.
         pending, size = [], 0
-        for batch in con.cursor().sql(query).to_arrow_reader(CHUNK_ROWS):
-            pending.append(batch)
-            size += batch.num_rows
-            if size >= CHUNK_ROWS:
+        for batch in con.cursor().sql(query).to_arrow_reader(CHUNK_ROWS // 16):
+            if size + batch.num_rows > CHUNK_ROWS:
                 yield pa.Table.from_batches(pending)
                 pending, size = [], 0
+            pending.append(batch)
+            size += batch.num_rows
         if pending:
             yield pa.Table.from_batches(pending)
 
