@@ -127,3 +127,41 @@ def test_a_killed_runs_temporary_files_are_removed_at_the_next_start(tmp_path, h
     assert [p.name for p in kept if not p.exists()] == []
     assert [p.name for p in kept if p.stat().st_mode & 0o077] == []
     assert Home(home).root.stat().st_mode & 0o777 == 0o700
+
+
+def _open_files() -> list[str]:
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            found.append(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:
+            pass
+    return found
+
+
+def test_the_embedded_targets_publish_keeps_its_temporary_tables_in_the_batch_folder(tmp_path):
+    """A publish's temporary tables (the batch's rows, their outcomes) spill into files in the batch's
+    folder, inside the home, not SQLite's default /var/tmp or /tmp; other connections (a batch's status)
+    keep theirs in memory and create no file. The temporary cache is cut to 64 pages so that 200,000
+    rows spill as a large batch's do."""
+    from patient_etl.target import open_target
+
+    folder = tmp_path / "home" / "staging" / "batch"
+    folder.mkdir(parents=True)
+    url = f"sqlite:///{tmp_path / 'home' / 'target.sqlite'}"
+    before = set(_open_files())
+    for work_dir in (folder, None):
+        target = open_target(url, work_dir=work_dir)
+        try:
+            with target.begin() as conn:
+                conn.exec_driver_sql("PRAGMA temp.cache_size = 64")  # 64 pages: these rows spill
+                target.temp_table(conn, "incoming_member", {"rid": "bigint", "member_id": "text"}, primary_key="rid")
+                conn.exec_driver_sql("INSERT INTO incoming_member WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL "
+                                     "SELECT i + 1 FROM n WHERE i < 200000) SELECT i, 'M' || i FROM n")
+                opened = [f for f in set(_open_files()) - before if "target.sqlite" not in f]
+                if work_dir is not None:
+                    assert opened and all(f.startswith(str(folder) + "/") for f in opened), opened
+                else:
+                    assert opened == []
+        finally:
+            target.dispose()

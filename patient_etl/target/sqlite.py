@@ -65,6 +65,8 @@ class SqliteTarget(Target):
         super().__init__(url, work_dir)
         # pysqlite opens transactions lazily, after our reads: take the write lock up front instead.
         sa.event.listen(self.engine, "connect", _autocommit_driver)
+        if work_dir is not None:
+            sa.event.listen(self.engine, "connect", lambda dbapi, _record: _temp_store_in(dbapi, work_dir))
         sa.event.listen(self.engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
 
     def engine_options(self) -> dict:
@@ -104,6 +106,18 @@ class SqliteTarget(Target):
 
 def _autocommit_driver(dbapi_connection, _record) -> None:
     dbapi_connection.isolation_level = None
-    # WAL: readers never wait for a publish; NORMAL sync is still crash-safe in WAL mode.
+    # WAL: readers never wait for a publish; NORMAL sync is still crash-safe in WAL mode. Temporary
+    # tables in memory, where SQLite's temporary files (outside the home) would otherwise hold them:
+    # right for a batch's status, not for a publish's bulk tables (`_temp_store_in`).
     for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "temp_store=MEMORY", "cache_size=-262144"):
+        dbapi_connection.execute(f"PRAGMA {pragma}")
+
+
+def _temp_store_in(dbapi_connection, folder: Path) -> None:
+    """A publish's temporary tables in files in the batch's folder, with 256 MB of cache: in memory,
+    a 10M-row batch's (the incoming rows, their outcomes) grew the process past 6 GB. SQLite names its
+    temporary files' folder per process (the deprecated but supported `temp_store_directory`); one
+    publish runs in a process at a time, and each sets its own before it begins."""
+    dbapi_connection.execute(f"PRAGMA temp_store_directory = '{str(folder).replace(chr(39), chr(39) * 2)}'")
+    for pragma in ("temp_store=FILE", "temp.cache_size=-262144"):
         dbapi_connection.execute(f"PRAGMA {pragma}")
