@@ -8,6 +8,7 @@ validate it, echo it masked and match on it, so they keep the mask and a keyed h
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import os
@@ -132,10 +133,8 @@ def test_a_killed_runs_temporary_files_are_removed_at_the_next_start(tmp_path, h
 def _open_files() -> list[str]:
     found = []
     for fd in os.listdir("/proc/self/fd"):
-        try:
+        with contextlib.suppress(OSError):  # closed since it was listed
             found.append(os.readlink(f"/proc/self/fd/{fd}"))
-        except OSError:
-            pass
     return found
 
 
