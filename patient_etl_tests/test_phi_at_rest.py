@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import hmac
 import os
+import sqlite3
 import subprocess
 import sys
 import time
@@ -164,3 +165,5 @@ def test_the_embedded_targets_publish_keeps_its_temporary_tables_in_the_batch_fo
                     assert opened == []
         finally:
             target.dispose()
+        with contextlib.closing(sqlite3.connect(":memory:")) as other:  # after it, SQLite's own folder again
+            assert other.execute("PRAGMA temp_store_directory").fetchall() == []

@@ -8,7 +8,9 @@ matches, a date column declared TEXT does not.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import sqlite3
 from pathlib import Path
 
 import duckdb
@@ -71,6 +73,12 @@ class SqliteTarget(Target):
 
     def engine_options(self) -> dict:
         return {"connect_args": {"timeout": 300}}
+
+    def dispose(self) -> None:
+        super().dispose()
+        if self.work_dir is not None:  # the process's temporary folder back to SQLite's own: this batch's may go
+            with contextlib.closing(sqlite3.connect(":memory:")) as reset:
+                reset.execute("PRAGMA temp_store_directory = ''")
 
     def serialize_publishes(self, conn: sa.Connection) -> None:
         """BEGIN IMMEDIATE (every transaction here) already holds the database's write lock."""
