@@ -7,6 +7,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import duckdb
 import pytest
 
 from patient_etl import cli, duck
@@ -88,3 +89,22 @@ def test_a_batch_under_a_tight_limit_has_the_same_outcome(tmp_path, home, etl, r
     errored = [r for r in read_results(outcome) if r["status"] == "Errored"]
     assert [(r["row_number"], r["external_id"]) for r in errored] == [("8", "M0000007")]
     assert "sex" in errored[0]["messages"]
+
+
+def test_the_linkage_keeps_duckdbs_own_limit(tmp_path, monkeypatch):
+    """Splink's blocking holds joins that do not spill: the linkage's database is not held to the stages'
+    limit (100,000 rows against 1M members ran out at 256MB)."""
+    from patient_etl.linkage.link import _DuckDB
+
+    monkeypatch.setenv(duck.MEMORY_LIMIT, "64MB")
+    linkage = _DuckDB(str(tmp_path / "spill")).con
+    stage = duck.connect()
+    default = duckdb.connect()  # DuckDB's own default
+    try:
+        assert duck.scalar(linkage, "SELECT current_setting('memory_limit')") == \
+            duck.scalar(default, "SELECT current_setting('memory_limit')")
+        assert duck.scalar(stage, "SELECT current_setting('memory_limit')") != \
+            duck.scalar(linkage, "SELECT current_setting('memory_limit')")
+    finally:
+        for con in (linkage, stage, default):
+            con.close()

@@ -52,6 +52,10 @@ class _DuckDB:
         from splink import DuckDBAPI
 
         self.con = in_memory(spill)  # this call's own, spilling in the home: Splink's tables vanish with it
+        # DuckDB's own limit (80% of the machine), not the stages' PATIENT_ETL_DUCKDB_MEMORY: Splink's
+        # blocking holds joins that do not spill (100,000 rows against 1M members ran out at 256MB, and
+        # peaked at ~1 GB in this process with DuckDB's default), and the linkage child is its own process.
+        self.con.execute("RESET memory_limit")
         self.api = DuckDBAPI(self.con)
 
     def register(self, table, name: str):
