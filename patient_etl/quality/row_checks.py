@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import duckdb
 
-from patient_etl.duck import first_row, scalar, select_lists
+from patient_etl.duck import first_row, scalar, select_lists, unordered
 from patient_etl.entities.spec import MESSAGES_HEADERS, Entity, match_key_sql
 from patient_etl.quality.suites import (
     Rule,
@@ -152,7 +152,8 @@ def run_row_checks(db: StageDb, entity: Entity, validator: Validator, relaxed: f
     present = staged_columns(con, staged_table)
     select, source = _checked_select(entity, present)
     checked = db.checked(entity.name)
-    con.execute(f"CREATE OR REPLACE TABLE {checked} AS SELECT {select} FROM {staged_table}")
+    with unordered(con):
+        con.execute(f"CREATE OR REPLACE TABLE {checked} AS SELECT {select} FROM {staged_table}")
     con.execute(
         f"CREATE TABLE IF NOT EXISTS {messages} (entity VARCHAR, rid BIGINT, severity VARCHAR, label VARCHAR, "
         "message VARCHAR, rule INTEGER)"
