@@ -4,6 +4,7 @@ friends on that connection; these fetch whole results."""
 import contextlib
 import os
 import re
+import threading
 from collections.abc import Iterator, Sequence
 
 import duckdb
@@ -65,6 +66,38 @@ def unordered(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
         yield
     finally:
         con.execute("RESET preserve_insertion_order")
+
+
+def csv_blocks(con: duckdb.DuckDBPyConnection, query: str, size: int = 1 << 20) -> Iterator[bytes]:
+    """The rows of `query` as CSV (no header, NULL as an empty field, an empty string as `""`), in
+    blocks of up to `size` bytes, as DuckDB writes them: through a pipe from a thread of its own, so
+    the reader (a PostgreSQL COPY) takes each block while DuckDB writes the next, and no file holds the
+    rows. Stopping early closes the pipe, which ends DuckDB's COPY; DuckDB's error, if any, is raised
+    after its last block.
+
+    The thread runs the query on `con` itself (a cursor would not see its temporary tables), which the
+    caller leaves alone until the blocks end: this generator returns only after the thread has."""
+    read_end, write_end = os.pipe()
+    failed: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            con.execute(f"COPY ({query}) TO '/dev/fd/{write_end}' (FORMAT csv, HEADER false)")
+        except BaseException as exc:  # noqa: BLE001 - handed to the reader, which raises it
+            failed.append(exc)
+        finally:
+            os.close(write_end)  # the reader's end of file, whether or not DuckDB ever opened the pipe
+
+    writer = threading.Thread(target=write, name="duckdb-csv", daemon=True)
+    writer.start()
+    try:
+        with open(read_end, "rb", buffering=0) as pipe:
+            while block := pipe.read(size):
+                yield block
+    finally:
+        writer.join()
+    if failed:
+        raise failed[0]
 
 
 def in_memory(spill: str | None = None) -> duckdb.DuckDBPyConnection:

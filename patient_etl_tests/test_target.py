@@ -161,6 +161,81 @@ def test_load_and_fetch_round_trip_with_files_only_in_the_batch_folder(target, w
     assert list(work_dir.iterdir()) == []
 
 
+@pytest.fixture
+def pg_target(pg_url: str, work_dir: Path):
+    opened = open_target(pg_url, work_dir=work_dir)
+    yield opened
+    opened.dispose()
+
+
+def _pipe_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "duckdb-csv"]
+
+
+def test_a_piped_load_keeps_empty_text_apart_from_null_and_writes_no_file(pg_url, tmp_path):
+    duck = duckdb.connect()
+    duck.execute("CREATE TEMP TABLE rows AS SELECT i AS rid, CASE i % 3 WHEN 0 THEN '' WHEN 1 THEN NULL "
+                 "ELSE 'x,\"y\"' || chr(10) || 'z' END AS note FROM range(300000) r(i)")
+    # A batch folder that does not exist: no file can hold the rows on their way (the move needs none).
+    target = open_target(pg_url, work_dir=tmp_path / "absent")
+    try:
+        with target.connect() as conn:
+            conn.begin()
+            target.temp_table(conn, "moved", {"rid": "bigint", "note": "text"})
+            target.load(conn, duck, "SELECT rid, note FROM rows ORDER BY rid", "moved", ["rid", "note"])
+            counts = conn.exec_driver_sql(
+                "SELECT count(*) FILTER (WHERE note = ''), count(*) FILTER (WHERE note IS NULL), "
+                "count(*) FILTER (WHERE note = E'x,\"y\"\\nz'), count(DISTINCT rid) FROM moved").one()
+            conn.rollback()
+    finally:
+        target.dispose()
+    assert tuple(counts) == (100000, 100000, 100000, 300000)
+    assert _pipe_threads() == []
+
+
+def test_a_piped_load_whose_query_fails_half_way_fails_whole(pg_target):
+    duck = duckdb.connect()
+    # DuckDB writes rows, then its query fails: PostgreSQL must not keep the rows it was sent.
+    failing = ("SELECT i AS rid FROM range(400000) r(i) "
+               "WHERE CASE WHEN i < 300000 THEN true ELSE error('stopped at row ' || i) END")
+    with pg_target.connect() as conn:
+        conn.begin()
+        pg_target.temp_table(conn, "moved", {"rid": "bigint"})
+        conn.commit()
+        conn.begin()
+        with pytest.raises(duckdb.Error, match="stopped at row"):
+            pg_target.load(conn, duck, failing, "moved", ["rid"])
+        conn.rollback()
+        assert conn.exec_driver_sql("SELECT count(*) FROM moved").scalar() == 0
+    assert _pipe_threads() == []
+    assert duck.execute("SELECT 42").fetchall() == [(42,)]  # the DuckDB connection is free again
+
+
+def test_a_piped_load_that_postgresql_refuses_stops_duckdb(pg_target):
+    duck = duckdb.connect()
+    # Row 250,001 is not a number: PostgreSQL ends the COPY while DuckDB still has rows to write.
+    rows = "SELECT CASE WHEN i = 250000 THEN 'x' ELSE i::VARCHAR END AS rid FROM range(2000000) r(i)"
+    raised: list[BaseException] = []
+
+    def load() -> None:
+        with pg_target.connect() as conn:
+            conn.begin()
+            pg_target.temp_table(conn, "moved", {"rid": "bigint"})
+            try:
+                pg_target.load(conn, duck, rows, "moved", ["rid"])
+            except Exception as exc:  # noqa: BLE001 - asserted below
+                raised.append(exc)
+            conn.rollback()
+
+    loader = threading.Thread(target=load)
+    loader.start()
+    loader.join(timeout=120)  # a liveness guard, not a timing: a writer left waiting would hang here
+    assert not loader.is_alive(), "the load never returned: DuckDB kept writing into a pipe nobody read"
+    assert len(raised) == 1 and "invalid input syntax for type bigint" in str(raised[0])
+    assert _pipe_threads() == []  # DuckDB's COPY ended when the pipe closed
+    assert duck.execute("SELECT count(*) FROM range(10)").fetchall() == [(10,)]
+
+
 def test_bulk_moves_without_a_batch_folder_are_refused(target_url):
     bare = open_target(target_url)
     try:

@@ -447,14 +447,18 @@ class Target:
         """In the publish transaction: the run's row log and outcome into the history (`import_run_row`,
         `import_run`), the batch's latest row log (`import_row`, replacing a previous run's) and its row."""
         run_id, batch_id = batch_row["run_id"], batch_row["batch_id"]
-        self.load(conn, duck, f"SELECT '{run_id}' AS run_id, * FROM ({row_log_query}) "
-                              "ORDER BY entity, file_index, row_number", "import_run_row", ["run_id", *ROW_LOG_COLUMNS])
+        rows = f"SELECT '{run_id}' AS run_id, * FROM ({row_log_query}) ORDER BY entity, file_index, row_number"
+        self.load(conn, duck, rows, "import_run_row", ["run_id", *ROW_LOG_COLUMNS])
         conn.execute(sa.text("DELETE FROM import_row WHERE batch_id = :b"), {"b": batch_id})
+        self.load_latest_rows(conn, duck, rows, run_id)
+        self.write_batch_row(conn, batch_row)
+
+    def load_latest_rows(self, conn: sa.Connection, duck: duckdb.DuckDBPyConnection, rows: str, run_id: str) -> None:
+        """`import_row` gets the run's row log just loaded into `import_run_row` (`rows` is its query)."""
         columns = ", ".join(ROW_LOG_COLUMNS)
         conn.execute(sa.text(f"INSERT INTO import_row ({columns}, run_id) SELECT {columns}, run_id "
                              "FROM import_run_row WHERE run_id = :r ORDER BY entity, file_index, row_number"),
                      {"r": run_id})
-        self.write_batch_row(conn, batch_row)
 
     def record_batch(self, batch_row: dict, entities: list[Entity]) -> None:
         """A batch log row alone, in a transaction of its own (a batch that failed before publish). The
