@@ -357,24 +357,27 @@ class Target:
                + " ELSE '' END" for c in lists]
         )
         conn.exec_driver_sql(f"DROP TABLE IF EXISTS {outcome}")
+        # A found record is Updated or Unchanged by its changed fields, decided in the same pass (a
+        # second pass over the outcomes rewrote every row of a 1M-row re-import: 0.5-0.7 s).
         conn.exec_driver_sql(f"""
             CREATE TEMPORARY TABLE {outcome} AS
-            SELECT s.rid, s.{key} AS key,
-                   CASE WHEN s.{key} IS NULL THEN 'Ambiguous'
-                        WHEN s.first_rid <> s.rid THEN 'Conflict'
-                        WHEN t.{key} IS NULL THEN 'Created' ELSE 'Changed' END AS status,
-                   CASE WHEN t.{key} IS NULL THEN '' ELSE {changed} END AS changed_fields,
-                   s.first_rid,
-                   CASE WHEN s.{key} IS NULL THEN 'error: {key}: no {key}, and the name, birth date and sex '
-                        || 'match ' || c.n || ' stored records ({key} ' || c.keys || '); send the {key} of '
-                        || 'the right one' END AS message
-            FROM (SELECT *, CASE WHEN {key} IS NULL THEN rid ELSE min(rid) OVER (PARTITION BY {key}) END
-                         AS first_rid FROM {incoming}) s
-            LEFT JOIN {entity.table} t ON t.{key} = s.{key}
-            LEFT JOIN {candidates} c ON c.rid = s.rid""")
-        conn.exec_driver_sql(f"""
-            UPDATE {outcome} SET status = CASE WHEN changed_fields = '' THEN 'Unchanged' ELSE 'Updated' END
-            WHERE status = 'Changed'""")
+            SELECT rid, key,
+                   CASE WHEN status <> 'Found' THEN status
+                        WHEN changed_fields = '' THEN 'Unchanged' ELSE 'Updated' END AS status,
+                   changed_fields, first_rid, message
+            FROM (SELECT s.rid, s.{key} AS key,
+                         CASE WHEN s.{key} IS NULL THEN 'Ambiguous'
+                              WHEN s.first_rid <> s.rid THEN 'Conflict'
+                              WHEN t.{key} IS NULL THEN 'Created' ELSE 'Found' END AS status,
+                         CASE WHEN t.{key} IS NULL THEN '' ELSE {changed} END AS changed_fields,
+                         s.first_rid,
+                         CASE WHEN s.{key} IS NULL THEN 'error: {key}: no {key}, and the name, birth date and '
+                              || 'sex match ' || c.n || ' stored records ({key} ' || c.keys || '); send the '
+                              || '{key} of the right one' END AS message
+                  FROM (SELECT *, CASE WHEN {key} IS NULL THEN rid ELSE min(rid) OVER (PARTITION BY {key}) END
+                               AS first_rid FROM {incoming}) s
+                  LEFT JOIN {entity.table} t ON t.{key} = s.{key}
+                  LEFT JOIN {candidates} c ON c.rid = s.rid) decided""")
         self.analyze(conn, outcome)
         if entity.match_on:
             # A key that finds one record while the name, birth date and sex match another: say so.
