@@ -4,7 +4,8 @@ INSERT INTO care (
     care_id, member_id, provider_id, start_date, end_date, care_type, diagnosis_codes, description,
     extra, created_batch_id, updated_batch_id, created_at, updated_at)
 SELECT s.care_id, s.member_id, s.provider_id, s.start_date, s.end_date, s.care_type, s.diagnosis_codes,
-    s.description, s.extra, :batch_id, :batch_id, :now, :now
+    s.description, s.extra,
+    :batch_id, :batch_id, :now, :now
 FROM incoming_care s JOIN outcome_care o ON o.rid = s.rid
 WHERE o.status = 'Created'
 ORDER BY s.care_id;
@@ -20,6 +21,8 @@ UPDATE care SET
     extra = coalesce(u.extra, care.extra),
     updated_batch_id = :batch_id,
     updated_at = :now
-FROM (SELECT s.* FROM incoming_care s JOIN outcome_care o ON o.rid = s.rid
+FROM (SELECT s.care_id, s.member_id, s.provider_id, s.start_date, s.end_date, s.care_type, s.diagnosis_codes,
+    s.description, s.extra
+FROM incoming_care s JOIN outcome_care o ON o.rid = s.rid
 WHERE o.status = 'Updated') u
 WHERE care.care_id = u.care_id;

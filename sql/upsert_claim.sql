@@ -4,7 +4,8 @@ INSERT INTO claim (
     claim_id, member_id, provider_id, service_date, billed_amount, care_id, payer_name, procedure_codes,
     diagnosis_codes, status, extra, created_batch_id, updated_batch_id, created_at, updated_at)
 SELECT s.claim_id, s.member_id, s.provider_id, s.service_date, s.billed_amount, s.care_id, s.payer_name,
-    s.procedure_codes, s.diagnosis_codes, s.status, s.extra, :batch_id, :batch_id, :now, :now
+    s.procedure_codes, s.diagnosis_codes, s.status, s.extra,
+    :batch_id, :batch_id, :now, :now
 FROM incoming_claim s JOIN outcome_claim o ON o.rid = s.rid
 WHERE o.status = 'Created'
 ORDER BY s.claim_id;
@@ -22,6 +23,8 @@ UPDATE claim SET
     extra = coalesce(u.extra, claim.extra),
     updated_batch_id = :batch_id,
     updated_at = :now
-FROM (SELECT s.* FROM incoming_claim s JOIN outcome_claim o ON o.rid = s.rid
+FROM (SELECT s.claim_id, s.member_id, s.provider_id, s.service_date, s.billed_amount, s.care_id, s.payer_name,
+    s.procedure_codes, s.diagnosis_codes, s.status, s.extra
+FROM incoming_claim s JOIN outcome_claim o ON o.rid = s.rid
 WHERE o.status = 'Updated') u
 WHERE claim.claim_id = u.claim_id;

@@ -5,7 +5,8 @@ INSERT INTO eop (
     adjustment_codes, check_number, extra, created_batch_id, updated_batch_id, created_at,
     updated_at)
 SELECT s.eop_id, s.claim_id, s.payment_date, s.paid_amount, s.patient_responsibility, s.adjustment_amount,
-    s.adjustment_codes, s.check_number, s.extra, :batch_id, :batch_id, :now, :now
+    s.adjustment_codes, s.check_number, s.extra,
+    :batch_id, :batch_id, :now, :now
 FROM incoming_eop s JOIN outcome_eop o ON o.rid = s.rid
 WHERE o.status = 'Created'
 ORDER BY s.eop_id;
@@ -21,6 +22,8 @@ UPDATE eop SET
     extra = coalesce(u.extra, eop.extra),
     updated_batch_id = :batch_id,
     updated_at = :now
-FROM (SELECT s.* FROM incoming_eop s JOIN outcome_eop o ON o.rid = s.rid
+FROM (SELECT s.eop_id, s.claim_id, s.payment_date, s.paid_amount, s.patient_responsibility, s.adjustment_amount,
+    s.adjustment_codes, s.check_number, s.extra
+FROM incoming_eop s JOIN outcome_eop o ON o.rid = s.rid
 WHERE o.status = 'Updated') u
 WHERE eop.eop_id = u.eop_id;

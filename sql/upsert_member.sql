@@ -2,11 +2,14 @@
 -- Publish runs it per batch: incoming_/outcome_ are its temporary tables. The same on SQLite.
 INSERT INTO member (
     member_id, first_name, middle_name, last_name, birth_date, sex, ssn, family_id, relationship,
-    ssn_hash, addresses, emails, phones, extra, match_key, created_batch_id, updated_batch_id,
+    ssn_hash, extra, match_key, addresses, emails, phones, created_batch_id, updated_batch_id,
     created_at, updated_at)
 SELECT s.member_id, s.first_name, s.middle_name, s.last_name, s.birth_date, s.sex, s.ssn, s.family_id,
-    s.relationship, s.ssn_hash, s.addresses, s.emails, s.phones, s.extra, s.match_key, :batch_id,
-    :batch_id, :now, :now
+    s.relationship, s.ssn_hash, s.extra, s.match_key,
+    CASE WHEN (s.addresses LIKE '[null%%' OR s.addresses LIKE '%%,null%%' OR s.addresses LIKE '%%, null%%') THEN (SELECT json_agg(CASE WHEN json_typeof(i.v) <> 'null' THEN i.v ELSE o.v END ORDER BY coalesce(i.n, o.n))::text FROM json_array_elements(coalesce(s.addresses, '[]')::json) WITH ORDINALITY AS i(v, n) FULL JOIN json_array_elements(coalesce(NULL, '[]')::json) WITH ORDINALITY AS o(v, n) ON o.n = i.n WHERE CASE WHEN json_typeof(i.v) <> 'null' THEN i.v ELSE o.v END IS NOT NULL AND json_typeof(CASE WHEN json_typeof(i.v) <> 'null' THEN i.v ELSE o.v END) <> 'null') ELSE s.addresses END AS addresses,
+    CASE WHEN (s.emails LIKE '[null%%' OR s.emails LIKE '%%,null%%' OR s.emails LIKE '%%, null%%') THEN (SELECT json_agg(CASE WHEN json_typeof(i.v) <> 'null' THEN i.v ELSE o.v END ORDER BY coalesce(i.n, o.n))::text FROM json_array_elements(coalesce(s.emails, '[]')::json) WITH ORDINALITY AS i(v, n) FULL JOIN json_array_elements(coalesce(NULL, '[]')::json) WITH ORDINALITY AS o(v, n) ON o.n = i.n WHERE CASE WHEN json_typeof(i.v) <> 'null' THEN i.v ELSE o.v END IS NOT NULL AND json_typeof(CASE WHEN json_typeof(i.v) <> 'null' THEN i.v ELSE o.v END) <> 'null') ELSE s.emails END AS emails,
+    CASE WHEN (s.phones LIKE '[null%%' OR s.phones LIKE '%%,null%%' OR s.phones LIKE '%%, null%%') THEN (SELECT json_agg(CASE WHEN json_typeof(i.v) <> 'null' THEN i.v ELSE o.v END ORDER BY coalesce(i.n, o.n))::text FROM json_array_elements(coalesce(s.phones, '[]')::json) WITH ORDINALITY AS i(v, n) FULL JOIN json_array_elements(coalesce(NULL, '[]')::json) WITH ORDINALITY AS o(v, n) ON o.n = i.n WHERE CASE WHEN json_typeof(i.v) <> 'null' THEN i.v ELSE o.v END IS NOT NULL AND json_typeof(CASE WHEN json_typeof(i.v) <> 'null' THEN i.v ELSE o.v END) <> 'null') ELSE s.phones END AS phones,
+    :batch_id, :batch_id, :now, :now
 FROM incoming_member s JOIN outcome_member o ON o.rid = s.rid
 WHERE o.status = 'Created'
 ORDER BY s.member_id;
@@ -28,6 +31,11 @@ UPDATE member SET
     match_key = coalesce(u.match_key, member.match_key),
     updated_batch_id = :batch_id,
     updated_at = :now
-FROM (SELECT s.* FROM incoming_member s JOIN outcome_member o ON o.rid = s.rid
+FROM (SELECT s.member_id, s.first_name, s.middle_name, s.last_name, s.birth_date, s.sex, s.ssn, s.family_id,
+    s.relationship, s.ssn_hash, s.extra, s.match_key,
+    CASE WHEN (s.addresses LIKE '[null%%' OR s.addresses LIKE '%%,null%%' OR s.addresses LIKE '%%, null%%') THEN (SELECT json_agg(CASE WHEN json_typeof(i.v) <> 'null' THEN i.v ELSE o.v END ORDER BY coalesce(i.n, o.n))::text FROM json_array_elements(coalesce(s.addresses, '[]')::json) WITH ORDINALITY AS i(v, n) FULL JOIN json_array_elements(coalesce(NULL, '[]')::json) WITH ORDINALITY AS o(v, n) ON o.n = i.n WHERE CASE WHEN json_typeof(i.v) <> 'null' THEN i.v ELSE o.v END IS NOT NULL AND json_typeof(CASE WHEN json_typeof(i.v) <> 'null' THEN i.v ELSE o.v END) <> 'null') ELSE s.addresses END AS addresses,
+    CASE WHEN (s.emails LIKE '[null%%' OR s.emails LIKE '%%,null%%' OR s.emails LIKE '%%, null%%') THEN (SELECT json_agg(CASE WHEN json_typeof(i.v) <> 'null' THEN i.v ELSE o.v END ORDER BY coalesce(i.n, o.n))::text FROM json_array_elements(coalesce(s.emails, '[]')::json) WITH ORDINALITY AS i(v, n) FULL JOIN json_array_elements(coalesce(NULL, '[]')::json) WITH ORDINALITY AS o(v, n) ON o.n = i.n WHERE CASE WHEN json_typeof(i.v) <> 'null' THEN i.v ELSE o.v END IS NOT NULL AND json_typeof(CASE WHEN json_typeof(i.v) <> 'null' THEN i.v ELSE o.v END) <> 'null') ELSE s.emails END AS emails,
+    CASE WHEN (s.phones LIKE '[null%%' OR s.phones LIKE '%%,null%%' OR s.phones LIKE '%%, null%%') THEN (SELECT json_agg(CASE WHEN json_typeof(i.v) <> 'null' THEN i.v ELSE o.v END ORDER BY coalesce(i.n, o.n))::text FROM json_array_elements(coalesce(s.phones, '[]')::json) WITH ORDINALITY AS i(v, n) FULL JOIN json_array_elements(coalesce(NULL, '[]')::json) WITH ORDINALITY AS o(v, n) ON o.n = i.n WHERE CASE WHEN json_typeof(i.v) <> 'null' THEN i.v ELSE o.v END IS NOT NULL AND json_typeof(CASE WHEN json_typeof(i.v) <> 'null' THEN i.v ELSE o.v END) <> 'null') ELSE s.phones END AS phones
+FROM incoming_member s JOIN outcome_member o ON o.rid = s.rid
 WHERE o.status = 'Updated') u
 WHERE member.member_id = u.member_id;
