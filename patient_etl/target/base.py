@@ -68,6 +68,7 @@ class Migration:
 class Target:
     dialect: str
     TYPES: dict[str, str]  # logical type (schema.py) -> this database's type
+    INCOMING_KEYED = True  # whether the batch's incoming rows get an index on rid (SQLite joins by index)
 
     def __init__(self, url: str, work_dir: Path | None = None):
         self.url = url
@@ -335,7 +336,7 @@ class Target:
         stored = dict(stored_columns(entity))
         cols = list(stored)
         incoming = f"incoming_{entity.name}"
-        self.temp_table(conn, incoming, {"rid": "bigint", **stored}, primary_key="rid")
+        self.temp_table(conn, incoming, {"rid": "bigint", **stored}, primary_key="rid" if self.INCOMING_KEYED else None)
         # In key order, here and below: B-tree indexes then grow at their right edge instead of
         # splitting pages all over (a 1M-row log loaded in its arbitrary order took 7 s, most of it there).
         self.load(conn, duck, f"SELECT rid, {', '.join(cols)} FROM {entity.table} ORDER BY rid", incoming,
