@@ -236,12 +236,16 @@ class Target:
 
     def fetch(self, conn: sa.Connection, duck: duckdb.DuckDBPyConnection, query: str, into: str,
               columns: dict[str, str]) -> None:
-        """Copy the rows of a target query into a new DuckDB table `into` with the given DuckDB types."""
+        """Copy the rows of a target query into a new DuckDB table `into` with the given DuckDB types:
+        here through a file in the batch's folder (PostgreSQL pipes them instead)."""
         with self.scratch_file() as path:
             self._fetch_csv(conn, query, path)
             spec = "{" + ", ".join(f"'{c}': '{t}'" for c, t in columns.items()) + "}"
+            # An empty field is NULL, a quoted one (`""`) the empty string, as PostgreSQL writes them (the
+            # csv module writes both as an empty field: from SQLite, an empty string comes back NULL).
             duck.execute(f"CREATE OR REPLACE TABLE {into} AS SELECT * FROM read_csv('{path}', header = false, "
-                         f"columns = {spec}, delim = ',', quote = '\"', escape = '\"', auto_detect = false)")
+                         f"columns = {spec}, delim = ',', quote = '\"', escape = '\"', auto_detect = false, "
+                         "allow_quoted_nulls = false)")
 
     def _fetch_csv(self, conn: sa.Connection, query: str, path: Path) -> None:
         raise NotImplementedError
