@@ -2,8 +2,8 @@
 
 Publish, review and duplicate detection rely on these operations meaning the same thing on both
 databases: a row's outcome, an empty cell never erasing a value, one publish at a time, bulk moves
-whose temporary files (row values) stay in the batch's folder, and a schema brought up to the spec
-without ever dropping or retyping a column.
+whose temporary files (row values) stay in the batch's folder (PostgreSQL's use none: they are piped),
+and a schema brought up to the spec without ever dropping or retyping a column.
 """
 
 from __future__ import annotations
