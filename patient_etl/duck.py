@@ -100,37 +100,6 @@ def csv_blocks(con: duckdb.DuckDBPyConnection, query: str, size: int = 1 << 20) 
         raise failed[0]
 
 
-def table_from_csv_blocks(con: duckdb.DuckDBPyConnection, into: str, columns: dict[str, str],
-                          blocks: Iterator[bytes]) -> None:
-    """A new table `into` (columns: name -> DuckDB type) of the CSV rows `blocks` hold (no header, an empty
-    field NULL, `""` an empty string), read by DuckDB as a thread feeds them into a pipe: no file holds
-    them. A failure of either side ends the other (DuckDB stops reading: the feeder's pipe breaks; the
-    feeder fails: DuckDB reads the end of file), and is raised."""
-    read_end, write_end = os.pipe()
-    failed: list[BaseException] = []
-
-    def feed() -> None:
-        try:
-            with open(write_end, "wb", buffering=0) as pipe:
-                for block in blocks:
-                    pipe.write(block)
-        except BaseException as exc:  # noqa: BLE001 - raised below, unless DuckDB's own error is
-            failed.append(exc)
-
-    feeder = threading.Thread(target=feed, name="csv-into-duckdb", daemon=True)
-    feeder.start()
-    spec = "{" + ", ".join(f"'{c}': '{t}'" for c, t in columns.items()) + "}"
-    try:
-        con.execute(f"CREATE OR REPLACE TABLE {into} AS SELECT * FROM read_csv('/dev/fd/{read_end}', "
-                    f"header = false, columns = {spec}, delim = ',', quote = '\"', escape = '\"', "
-                    "auto_detect = false, allow_quoted_nulls = false)")
-    finally:
-        os.close(read_end)
-        feeder.join()
-    if failed:
-        raise failed[0]
-
-
 def in_memory(spill: str | None = None) -> duckdb.DuckDBPyConnection:
     """An in-memory database. DuckDB spills a large one to `.tmp` in the working directory, outside the
     home: this one spills into `spill` (a folder inside the home) or, given none, never to disk."""

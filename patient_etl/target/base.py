@@ -236,8 +236,9 @@ class Target:
 
     def fetch(self, conn: sa.Connection, duck: duckdb.DuckDBPyConnection, query: str, into: str,
               columns: dict[str, str]) -> None:
-        """Copy the rows of a target query into a new DuckDB table `into` with the given DuckDB types:
-        here through a file in the batch's folder (PostgreSQL pipes them instead)."""
+        """Copy the rows of a target query into a new DuckDB table `into` with the given DuckDB types,
+        through a file in the batch's folder. Not piped as `load` is on PostgreSQL: DuckDB reads a pipe
+        with one thread, and a 1M-row fetch took 1.8 s that way against 0.9 s through a file."""
         with self.scratch_file() as path:
             self._fetch_csv(conn, query, path)
             spec = "{" + ", ".join(f"'{c}': '{t}'" for c, t in columns.items()) + "}"

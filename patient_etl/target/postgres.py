@@ -3,10 +3,12 @@ for publishes, and information_schema for the migration's catalog."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import duckdb
 import sqlalchemy as sa
 
-from patient_etl.duck import csv_blocks, table_from_csv_blocks
+from patient_etl.duck import csv_blocks
 from patient_etl.target.base import ROW_LOG_COLUMNS, TableCatalog, Target
 
 
@@ -73,9 +75,8 @@ class PostgresTarget(Target):
         # the history's key, sorting and inserting them took 3.4-5.9 s; a second COPY, 2-3 s.
         self.load(conn, duck, rows, "import_row", ["run_id", *ROW_LOG_COLUMNS])
 
-    def fetch(self, conn: sa.Connection, duck: duckdb.DuckDBPyConnection, query: str, into: str,
-              columns: dict[str, str]) -> None:
-        # Piped, as `load` is: DuckDB reads the COPY's blocks as they come, and no file holds them.
+    def _fetch_csv(self, conn: sa.Connection, query: str, path: Path) -> None:
         cursor = conn.connection.driver_connection.cursor()
-        with cursor.copy(f"COPY ({query}) TO STDOUT (FORMAT csv)") as copy:
-            table_from_csv_blocks(duck, into, columns, iter(copy))
+        with cursor.copy(f"COPY ({query}) TO STDOUT (FORMAT csv)") as copy, path.open("wb") as handle:
+            for block in copy:
+                handle.write(block)
