@@ -61,7 +61,7 @@ def normalize(db: StageDb, entity: Entity) -> int:
         CREATE OR REPLACE TABLE {table} AS
         SELECT *{f", {match_key_sql(entity)} AS match_key" if entity.match_on else ""}
         FROM (SELECT c.rid, c.file_index, c.row_number, {', '.join(selects)}
-              FROM {checked} c JOIN {outcome} o USING (rid)
-              WHERE NOT o.errored)
+              FROM {checked} c
+              WHERE c.rid NOT IN (SELECT rid FROM {outcome} WHERE errored))
     """)
     return scalar(con, f"SELECT count(*) FROM {table}")
