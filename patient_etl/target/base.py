@@ -300,7 +300,11 @@ class Target:
         Two plain statements, not INSERT .. ON CONFLICT: outcomes were decided under the publish lock, so a
         Created key is absent and an Updated one present, and a plain insert skips the speculative insertion
         ON CONFLICT pays per row (a 1M-row first import: 8.9 s of upsert). Rows go in key order, so the key's
-        index grows at its right edge."""
+        index grows at its right edge: incoming rows loaded in key order (`INCOMING_KEYED` false) are
+        inserted as they lie, those that are not excepted (an anti-join on the few that are not Created
+        keeps their order: no sort and no join of every row, 3.7 s -> 2.5 s at 1M, 16 s -> 11 s at 4M);
+        otherwise (SQLite, whose subqueries would scan the outcomes per row) joined to their outcome and
+        sorted."""
         cols = [c for c, _ in stored_columns(entity)]
         table, key = entity.table, entity.key
         lists = [c for c in cols if c in {g.stored_as for g in entity.groups}]
@@ -313,10 +317,13 @@ class Target:
         select = listed([f"s.{c}" for c in plain]) + "".join(f",\n    {cls.list_compact(f's.{c}')} AS {c}"
                                                              for c in lists)
         source = f"FROM incoming_{entity.name} s JOIN outcome_{entity.name} o ON o.rid = s.rid\n"
+        if cls.INCOMING_KEYED:
+            created = source + f"WHERE o.status = 'Created'\nORDER BY s.{key};\n"
+        else:
+            created = (f"FROM incoming_{entity.name} s\nWHERE NOT EXISTS (SELECT 1 FROM outcome_{entity.name} o "
+                       "WHERE o.rid = s.rid AND o.status <> 'Created');\n")
         insert = (f"INSERT INTO {table} (\n    {listed([*plain, *lists, *AUDIT_COLUMNS])})\n"
-                  f"SELECT {select},\n    :batch_id, :batch_id, :now, :now\n"
-                  + source + "WHERE o.status = 'Created'\n"
-                  f"ORDER BY s.{key};\n")
+                  f"SELECT {select},\n    :batch_id, :batch_id, :now, :now\n" + created)
         assignments = [f"{c} = coalesce(u.{c}, {table}.{c})" for c in cols if c != key]
         assignments += ["updated_batch_id = :batch_id", "updated_at = :now"]
         update = (f"UPDATE {table} SET\n    " + ",\n    ".join(assignments) + "\n"
@@ -342,9 +349,11 @@ class Target:
         cols = list(stored)
         incoming = f"incoming_{entity.name}"
         self.temp_table(conn, incoming, {"rid": "bigint", **stored}, primary_key="rid" if self.INCOMING_KEYED else None)
-        # In key order, here and below: B-tree indexes then grow at their right edge instead of
+        # In index order, here and below: B-tree indexes then grow at their right edge instead of
         # splitting pages all over (a 1M-row log loaded in its arbitrary order took 7 s, most of it there).
-        self.load(conn, duck, f"SELECT rid, {', '.join(cols)} FROM {entity.table} ORDER BY rid", incoming,
+        # Without an index on rid, in the entity's key order: the insert then writes them as they lie.
+        order = "rid" if self.INCOMING_KEYED else f"{key}, rid"
+        self.load(conn, duck, f"SELECT rid, {', '.join(cols)} FROM {entity.table} ORDER BY {order}", incoming,
                   ["rid", *cols])
         self.analyze(conn, incoming)
         outcome = f"outcome_{entity.name}"

@@ -22,7 +22,8 @@ from patient_etl.target.schema import (
 
 HEADER = "-- Generated from the entity spec by `python -m patient_etl.target.ddl`, not by hand.\n"
 CREATE = "-- PostgreSQL; SQLite runs the same with its own types. Applied where missing by the schema migration.\n"
-UPSERT = "-- Publish runs it per batch: incoming_/outcome_ are its temporary tables. The same on SQLite.\n"
+UPSERT = ("-- Publish runs it per batch: incoming_/outcome_ are its temporary tables. The same on SQLite, except\n"
+          "-- that its insert joins each row to its outcome and sorts them by key (Target.upsert_statements).\n")
 
 
 def generated_files() -> dict[str, str]:
