@@ -300,11 +300,10 @@ class Target:
         Two plain statements, not INSERT .. ON CONFLICT: outcomes were decided under the publish lock, so a
         Created key is absent and an Updated one present, and a plain insert skips the speculative insertion
         ON CONFLICT pays per row (a 1M-row first import: 8.9 s of upsert). Rows go in key order, so the key's
-        index grows at its right edge: incoming rows loaded in key order (`INCOMING_KEYED` false) are
-        inserted as they lie, those that are not excepted (an anti-join on the few that are not Created
-        keeps their order: no sort and no join of every row, 3.7 s -> 2.5 s at 1M, 16 s -> 11 s at 4M);
-        otherwise (SQLite, whose subqueries would scan the outcomes per row) joined to their outcome and
-        sorted."""
+        index grows at its right edge. Incoming rows loaded in key order (`INCOMING_KEYED` false) are
+        inserted as they lie, less the few that are not Created (an anti-join on those keeps the order: no
+        sort and no join of every row; 3.7 s -> 2.5 s at 1M, 16 s -> 11 s at 4M). Otherwise (SQLite,
+        whose subquery would scan the outcomes once per row) they are joined to their outcomes and sorted."""
         cols = [c for c, _ in stored_columns(entity)]
         table, key = entity.table, entity.key
         lists = [c for c in cols if c in {g.stored_as for g in entity.groups}]

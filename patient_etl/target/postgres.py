@@ -3,6 +3,7 @@ for publishes, and information_schema for the migration's catalog."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import duckdb
@@ -66,8 +67,10 @@ class PostgresTarget(Target):
         # Piped, not through a file: PostgreSQL takes each block while DuckDB writes the next (on the
         # two cores, a 1M-row load overlaps DuckDB's 1-2 s of sorting and writing with the COPY).
         cursor = conn.connection.driver_connection.cursor()
-        with cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN (FORMAT csv)") as copy:
-            for block in csv_blocks(duck, query):
+        # Closed however the COPY ends: a refused row stops DuckDB's writer before the error goes on.
+        with cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN (FORMAT csv)") as copy, \
+                contextlib.closing(csv_blocks(duck, query)) as blocks:
+            for block in blocks:
                 copy.write(block)
 
     def load_latest_rows(self, conn: sa.Connection, duck: duckdb.DuckDBPyConnection, rows: str, run_id: str) -> None:
