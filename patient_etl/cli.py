@@ -141,13 +141,14 @@ def run_batch(batch_id: str, etl: PatientEtl, dry_run: bool = False, instance: d
     # The CLI is its own launcher: settings and sources are read from the environment now, as the code
     # location's EnvVars would be at run time.
     sources = sources or sources_from_env(resolve=True)
-    job = build_defs({"etl": etl, "sources": sources}).resolve_job_def(job_name)
     run_config: dict = {"ops": {"published_batch": {"config": {"dry_run": dry_run, **(publish or {})}}}}
     if not verbose:  # the summary is the output; Dagster's own log stays in the instance
         run_config["loggers"] = {"console": {"config": {"log_level": "CRITICAL"}}}
     # Definitions resolve their state against the current instance's storage; in a process that has
-    # opened other instances before (tests, notebooks) that may be a closed one: name ours.
+    # opened other instances before (tests, notebooks) that may be a closed one: name ours, before the
+    # job is resolved too (resolving it reads that state: a collected instance failed a test run).
     with set_defs_state_storage(instance.defs_state_storage):
+        job = build_defs({"etl": etl, "sources": sources}).resolve_job_def(job_name)
         result = job.execute_in_process(instance=instance, partition_key=batch_id, run_config=run_config,
                                         tags={"launched_by": "cli"}, raise_on_error=False)
     if not result.success:

@@ -106,6 +106,28 @@ def test_a_cli_import_is_a_run_in_the_homes_instance_and_quiet(tmp_path, home):
     assert missing.returncode == 2 and "no batch 'no-such-batch'" in missing.stderr
 
 
+def test_an_import_runs_after_another_instance_was_left_current_and_collected(tmp_path, etl, run_import):
+    """Dagster keeps the current instance's state storage in a context variable, which an instance
+    that is not closed in order (a notebook, another test) can leave pointing at a collected one; the
+    job is resolved against the run's own instance, not that one (a CI run failed on it once)."""
+    import gc
+
+    from dagster._core.storage.defs_state.base import set_defs_state_storage
+
+    with dg.instance_for_test() as stale:
+        storage = stale.defs_state_storage
+    left = set_defs_state_storage(storage)
+    left.__enter__()  # left current, as an instance closed out of order leaves it
+    try:
+        del stale
+        gc.collect()
+        path = write_csv(tmp_path / "roster.csv", "Patient ID,First Name,Last Name,DOB,Gender",
+                         "A1,Ann,Lee,1980-01-02,F")
+        assert run_import(path, etl)["status"] == "Finished"
+    finally:
+        left.__exit__(None, None, None)
+
+
 def test_partitions_lost_with_the_instance_come_back_and_a_backfill_runs(tmp_path, home, etl, _clean_home_env):
     roster = write_csv(tmp_path / "roster.csv", HEADER, "P1,Ann,Lee,1980-01-01,F")
     assert main(["import", str(roster), "--json"]) == 0
