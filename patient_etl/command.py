@@ -1,6 +1,7 @@
-"""The `patient-etl` command's entry point, kept light: for the commands that run a batch's row checks,
-the validator process (`quality/validator.py`) is started before anything imports Dagster (~1 s), so
-Great Expectations is imported on the other core while this process starts. Then `cli.entry`."""
+"""The `patient-etl` command's entry point, kept light: for the commands that run a batch, the validator
+process (`quality/validator.py`) and the linkage process (`linkage/process.py`) are started before
+anything imports Dagster (~1 s), so Great Expectations and Splink are imported on the other core while
+this process starts. Then `cli.entry`."""
 
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ def entry() -> None:
         from patient_etl.quality.validator import prewarm
 
         prewarm()
+        from patient_etl.linkage import process
+
+        process.prewarm()
     from patient_etl.cli import entry as run
 
     run()

@@ -21,7 +21,7 @@ import duckdb
 import pytest
 
 from patient_etl.cli import main
-from patient_etl.linkage import synthetic
+from patient_etl.linkage import process, synthetic
 from patient_etl.linkage.run import SLOW
 from patient_etl.resources import PatientEtl
 from patient_etl_tests.conftest import query, read_results, write_csv
@@ -223,6 +223,21 @@ def test_linkage_failing_or_slow_leaves_the_batch_published_with_its_results(tmp
     assert published < steps.index(("possible_duplicates", "STEP_START"))
     # The linkage process started as the run started is used, stopped at its limit, or closed unused.
     assert _linkage_children() == []
+
+
+def test_the_linkage_process_answers_one_line_and_exits_or_exits_unused(home):
+    """The process a run hands its batch to (started ahead, `linkage.process`): it ends without finalizing
+    Python, so its answer must be out whole first, and its exit code must be its own."""
+    etl = PatientEtl(home=str(home))
+    request = {"batch_id": "20261203-cli-nothing-0000", "settings": {n: getattr(etl, n) for n in type(etl).model_fields}}
+    child = process.spawn()
+    out, err = child.communicate(json.dumps(request) + "\n", timeout=120)
+    assert child.returncode == 0, err
+    reply = json.loads(out.strip().splitlines()[-1])
+    assert reply["outcome"] == "failed" and "logs" in reply["reason"]  # no such batch: the trace kept in the home
+    unused = process.spawn()  # a run that needed no linkage closes its stdin
+    unused.stdin.close()
+    assert unused.wait(timeout=120) == 0 and unused.stdout.read() == ""
 
 
 def _linkage_children() -> list[int]:

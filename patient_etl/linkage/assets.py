@@ -13,13 +13,12 @@ import json
 import os
 import signal
 import subprocess
-import sys
-from pathlib import Path
 
 import dagster as dg
 
 from patient_etl.batches import AWAITING_APPROVAL, Batch
 from patient_etl.errors import SafeError, phi_safe
+from patient_etl.linkage import process
 from patient_etl.linkage.merge import merge_pairs
 from patient_etl.linkage.settings import LinkageSettings
 from patient_etl.partitions import batches
@@ -32,44 +31,18 @@ from patient_etl.workspace import CHECKS, LINKAGE, PUBLISH, StageDb, Workspace, 
 # The target's member columns the records are built from (see linkage.records.member_records_sql).
 MEMBER_COLUMNS = ("member_id", "first_name", "last_name", "birth_date", "sex", "addresses", "emails", "phones",
                   "ssn_hash", "match_key")
-PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 LINKED = ("Finished", "Finished with Errors", AWAITING_APPROVAL)  # a batch published, dry-run or previewed
 
 
-def _spawn() -> subprocess.Popen:
-    # Its own session: a time-out kills the process and whatever it started (a Spark JVM). It imports
-    # this very package: its root first on the path, and `-P` keeps the working directory off it.
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(PACKAGE_ROOT), os.environ.get("PYTHONPATH")]))}
-    return subprocess.Popen([sys.executable, "-P", "-m", "patient_etl.linkage.run"], stdin=subprocess.PIPE, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-
-
-_waiting: subprocess.Popen | None = None  # a linkage process started ahead, not yet given a batch
-
-
-def _take_process() -> subprocess.Popen:
-    global _waiting
-    child, _waiting = _waiting, None
-    return child if child is not None and child.poll() is None else _spawn()
-
-
 class LinkageProcess(dg.ConfigurableResource):
-    """The linkage process, started as the run starts (Dagster sets resources up then): it imports Python,
-    Dagster and Splink (~2 s) while the batch is checked and published, and then waits for its batch.
-    A run that needs no linkage closes it unused."""
+    """The linkage process (`linkage.process`), started as the run starts (Dagster sets resources up
+    then) unless one already waits, and closed unused by a run that needs no linkage."""
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        global _waiting
-        if os.environ.get("PATIENT_ETL_LINKAGE", "on").strip().lower() != "off" and (
-                _waiting is None or _waiting.poll() is not None):
-            _waiting = _spawn()
+        process.prewarm()
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
-        global _waiting
-        if _waiting is not None:  # not used by this run (the stage did not run, or linkage is off)
-            child, _waiting = _waiting, None
-            child.stdin.close()
-            child.wait()
+        process.close_unused()
 
     def link(self, etl: PatientEtl, batch_id: str) -> dict:
         return run_linkage(etl, batch_id)
@@ -136,7 +109,7 @@ def run_linkage(etl: PatientEtl, batch_id: str) -> dict:
     is already done), and Splink's memory (and a Spark session's JVM) goes with the process. Its
     traceback, which may quote data, goes to the home's logs, never to Dagster."""
     request = json.dumps({"batch_id": batch_id, "settings": {name: getattr(etl, name) for name in type(etl).model_fields}})
-    child = _take_process()
+    child = process.take()
     try:
         out, err = child.communicate(request + "\n", timeout=etl.linkage_timeout_seconds)
     except subprocess.TimeoutExpired:
