@@ -351,9 +351,10 @@ def run_import(path: Path, home: Path, target_url: str | None, log: Path, profil
     env = os.environ.copy()
     env.pop("DAGSTER_HOME", None)  # an ephemeral instance, as the CLI uses by default
     env["PATIENT_ETL_HOME"] = str(home)
-    # A private validator: the peak is the import's process tree, which a shared validator's worker
-    # (a child of its server) is not part of.
+    # A private validator, and the command run in its own process: the peak is the import's process tree,
+    # which a server's worker (a child of its server) is not part of.
     env.setdefault("PATIENT_ETL_VALIDATOR_IDLE_SECONDS", "0")
+    env.setdefault("PATIENT_ETL_COMMAND_IDLE_SECONDS", "0")  # the same for the command's server's worker
     env.pop("PATIENT_ETL_TARGET_URL", None)
     if target_url:
         env["PATIENT_ETL_TARGET_URL"] = target_url

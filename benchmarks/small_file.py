@@ -5,7 +5,9 @@ loading the code location (`import patient_etl.definitions`), and `patient-etl i
 (one row errored) with linkage off and on, each a fresh process on a warm home (the home's Dagster
 instance exists, as it does after the first import). A tree with the shared validator is also run
 with PATIENT_ETL_VALIDATOR_IDLE_SECONDS=0 (a private validator importing GX in every run); its shared
-runs find the server the warm-up started, as every run after the first does. With `--trees A B`, the imports run once per
+runs find the server the warm-up started, as every run after the first does. A tree with the command's
+server (`command_server.py`) is run served (the warm-up call started the server) and, with
+PATIENT_ETL_COMMAND_IDLE_SECONDS=0, in the command's own process. With `--trees A B`, the imports run once per
 source tree (PYTHONPATH, with `python -P` so that the working directory's checkout does not come first),
 to compare two commits side by side.
 
@@ -65,13 +67,17 @@ def main(argv: list[str] | None = None) -> int:
         cases[f"code location load{label}"] = ([python, "-P", "-c", "import patient_etl.definitions"], env)
         validator = Path(tree) / "patient_etl" / "quality" / "validator.py"
         shared = validator.exists() and "serve_shared" in validator.read_text()
-        variants = [("off", "600"), ("on", "600")] + ([("off", "0")] if shared else [])
-        for linkage, idle in variants:
-            home = work / f"home{n}_{linkage}_{idle}"
+        served = (Path(tree) / "patient_etl" / "command_server.py").exists()
+        # (linkage, validator idle seconds, command server idle seconds)
+        variants = [("off", "600", "600"), ("on", "600", "600")] + ([("off", "0", "600")] if shared else []) \
+            + ([("off", "600", "0"), ("on", "600", "0")] if served else [])
+        for linkage, idle, command_idle in variants:
+            home = work / f"home{n}_{linkage}_{idle}_{command_idle}"
             run_env = {**env, "PATIENT_ETL_HOME": str(home), "PATIENT_ETL_LINKAGE": linkage,
-                       "PATIENT_ETL_VALIDATOR_IDLE_SECONDS": idle}
+                       "PATIENT_ETL_VALIDATOR_IDLE_SECONDS": idle, "PATIENT_ETL_COMMAND_IDLE_SECONDS": command_idle}
             timed([*command, "import", str(roster), "--json"], run_env)  # the home and its instance exist
             which = ", shared validator" if shared and idle != "0" else ", private validator" if shared else ""
+            which += (", in its own process" if command_idle == "0" else ", served") if served else ""
             cases[f"4-row import, linkage {linkage}{which}{label}"] = ([*command, "import", str(roster), "--json"],
                                                                        run_env)
     times: dict[str, list[float]] = {name: [] for name in cases}

@@ -26,29 +26,27 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import hashlib
 import importlib.util
 import os
 import pickle
 import select
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from functools import cache
-from pathlib import Path
 from typing import IO, TYPE_CHECKING
+
+from patient_etl import servers
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
     from patient_etl.quality.suites import Rule, RuleGroup
 
-PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 # A validator that has checked more rows than this is stopped when the batch's checks are done: its
 # memory (pandas and Arrow buffers GX copied, not handed back to the OS) would otherwise sit beside publish.
 LARGE_ROWS = 200_000
@@ -73,28 +71,14 @@ def idle_seconds() -> float:
 @cache
 def address() -> bytes:
     """The shared validator's abstract socket: this user, this interpreter, this code, this GX."""
-    digest = hashlib.sha256(f"{os.getuid()}\0{sys.executable}\0".encode())
-    for path in sorted((PACKAGE_ROOT / "patient_etl").rglob("*.py")):
-        digest.update(path.relative_to(PACKAGE_ROOT).as_posix().encode() + b"\0" + path.read_bytes())
     spec = importlib.util.find_spec("great_expectations")  # found, not imported
-    if spec and spec.origin:
-        digest.update(f"{spec.origin}\0{os.stat(spec.origin).st_mtime_ns}".encode())
-    return b"\0patient_etl-validator-" + digest.hexdigest()[:32].encode()
-
-
-# What a validator inherits of the run's environment: what Python, locale and the numeric libraries
-# read. Never the run's settings and secrets (target URLs, source credentials, hash keys): a shared
-# validator outlives the run that started it.
-KEPT_ENV = {"PATH", "HOME", "USER", "LOGNAME", "LANG", "TZ", "TMPDIR", "LD_LIBRARY_PATH", "VIRTUAL_ENV"}
-KEPT_ENV_PREFIXES = ("LC_", "PYTHON", "GX_", "OMP_", "MKL_", "OPENBLAS_", "NUMEXPR_")
+    gx = f"{spec.origin}\0{os.stat(spec.origin).st_mtime_ns}" if spec and spec.origin else ""
+    return servers.address("validator", gx)
 
 
 def _child_env() -> dict[str, str]:
-    # The child imports this very package: PACKAGE_ROOT first, and `python -P` keeps the working
-    # directory (which may hold another checkout) off its path.
-    kept = {k: v for k, v in os.environ.items() if k in KEPT_ENV or k.startswith(KEPT_ENV_PREFIXES)}
-    return {**kept, "GX_ANALYTICS_ENABLED": "False",
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(PACKAGE_ROOT), os.environ.get("PYTHONPATH")]))}
+    # Never the run's settings and secrets: a shared validator outlives the run that started it.
+    return servers.server_env(GX_ANALYTICS_ENABLED="False")
 
 
 def _start_server(idle: float) -> subprocess.Popen:
@@ -294,11 +278,6 @@ def _serve(requests: IO[bytes], replies: IO[bytes]) -> None:
         replies.flush()
 
 
-def _peer_uid(conn: socket.socket) -> int:
-    _, uid, _ = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
-    return uid
-
-
 def serve_shared(idle: float) -> int:
     """The shared validator: GX imported once, a forked worker per connection, gone after `idle` s idle."""
     from patient_etl.quality.gx import context
@@ -318,7 +297,7 @@ def serve_shared(idle: float) -> int:
             conn, _ = listener.accept()
         except TimeoutError:
             return 0
-        if _peer_uid(conn) != os.getuid():
+        if servers.peer_uid(conn) != os.getuid():
             conn.close()
             continue
         if os.fork() == 0:

@@ -1,0 +1,50 @@
+"""What the package's two forking servers share: the row checks' validator (`quality/validator.py`) and the
+command's (`command_server.py`). Each imports its heavy libraries once and forks a ready worker per
+connection, on an abstract Unix socket named for this user, this interpreter and this code (so a changed
+checkout never talks to an old server); only the same user may connect. A server is started with none of
+the settings and secrets of the process that started it: it outlives that process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import struct
+import sys
+from functools import cache
+from pathlib import Path
+
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+
+# What a server inherits of its starter's environment: what Python, locale and the numeric libraries read.
+# Never the settings and secrets (target URLs, source credentials, hash keys).
+KEPT_ENV = {"PATH", "HOME", "USER", "LOGNAME", "LANG", "TZ", "TMPDIR", "LD_LIBRARY_PATH", "VIRTUAL_ENV"}
+KEPT_ENV_PREFIXES = ("LC_", "PYTHON", "GX_", "OMP_", "MKL_", "OPENBLAS_", "NUMEXPR_")
+
+
+@cache
+def _code_digest() -> str:
+    digest = hashlib.sha256(f"{os.getuid()}\0{sys.executable}\0".encode())
+    for path in sorted((PACKAGE_ROOT / "patient_etl").rglob("*.py")):
+        digest.update(path.relative_to(PACKAGE_ROOT).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def address(kind: str, *also: str) -> bytes:
+    """The abstract socket of the `kind` server for this user, interpreter and code (and `also`)."""
+    digest = hashlib.sha256("\0".join([_code_digest(), *also]).encode())
+    return f"\0patient_etl-{kind}-".encode() + digest.hexdigest()[:32].encode()
+
+
+def server_env(**extra: str) -> dict[str, str]:
+    """A server's environment. It imports this very package: PACKAGE_ROOT first on its path, and `python -P`
+    keeps the working directory (which may hold another checkout) off it."""
+    kept = {k: v for k, v in os.environ.items() if k in KEPT_ENV or k.startswith(KEPT_ENV_PREFIXES)}
+    return {**kept, **extra,
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(PACKAGE_ROOT), os.environ.get("PYTHONPATH")]))}
+
+
+def peer_uid(conn: socket.socket) -> int:
+    _, uid, _ = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+    return uid
