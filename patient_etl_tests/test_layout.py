@@ -10,8 +10,9 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "patient_etl"
 FLOW = ("sources", "staging", "quality", "normalize", "publish", "linkage")
 # Assemble the flow (the entry point, the command and its line, schedules) or end a batch from any stage.
-# `command` starts the validator process of the quality stage before the rest is imported.
-ASSEMBLY = {"definitions", "command", "cli", "schedules", "jobs"}
+# `command` starts the validator process of the quality stage before the rest is imported; `command_server`
+# serves the command, and starts those processes first in its worker as `command` does.
+ASSEMBLY = {"definitions", "command", "command_server", "cli", "schedules", "jobs"}
 END_OF_ANY_STAGE = {"failure": {"sources"}}  # the failure path delivers results back to the source
 
 
