@@ -45,6 +45,8 @@ from patient_etl import servers
 IDLE_SECONDS = "PATIENT_ETL_COMMAND_IDLE_SECONDS"
 DEFAULT_IDLE_SECONDS = 600
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+CLI = "patient_etl.cli"
+LINKAGE = "patient_etl.linkage.run"  # the linkage stage's process (`linkage.process`), served the same way
 # What a command's run imports on first use, imported by the server once. A name a later Dagster no
 # longer has is skipped: the worker then imports what it needs, as the command's own process would.
 PRELOAD = (
@@ -54,6 +56,7 @@ PRELOAD = (
     "dagster._core.storage.local_compute_log_manager", "dagster._core.execution.api", "dagster._daemon.controller",
     "alembic.command", "alembic.runtime.migration", "alembic.script",
     "pyarrow", "xlsxwriter", "rich", "structlog", "fsspec", "upath",
+    LINKAGE, "patient_etl.linkage.link", "splink", "sqlglot.dialects.duckdb",
 )
 
 
@@ -70,9 +73,11 @@ def idle_seconds() -> float:
 
 
 def address() -> bytes:
-    # What Python reads as it starts, and the server cannot take from a command later, names it too.
-    return servers.address("command", *(os.environ.get(name, "") for name in ("PYTHONPATH", "LANG", "LC_ALL",
-                                                                              "LC_CTYPE")))
+    # What Python reads as it starts, and the server cannot take from a command later, names it too: the
+    # path (the package's root, first on every server's path, aside) and the locale.
+    path = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != str(servers.PACKAGE_ROOT)]
+    return servers.address("command", os.pathsep.join(path),
+                           *(os.environ.get(name, "") for name in ("LANG", "LC_ALL", "LC_CTYPE")))
 
 
 # -- the command's side ------------------------------------------------------------------------------
@@ -102,10 +107,20 @@ def _receive(stream: io.BufferedReader) -> object:
     return pickle.loads(data)
 
 
-def run_served(argv: list[str]) -> int | None:
-    """Run the command (`argv`, without the program name) in a worker of the shared server and return its
-    exit code; None when no server took it (none listens, or it was just then idling out, or this
-    process's standard streams cannot be passed), after starting one for the next command."""
+def process_command(entry: str) -> list[str]:
+    """The command line of a process of the package (`entry`: LINKAGE) that is served when it can be: a light
+    process that hands its streams to a worker (`--run`), or, with the server turned off, the process itself."""
+    try:
+        off = idle_seconds() == 0
+    except SettingError:
+        off = True
+    return [sys.executable, "-P", "-m", *([entry] if off else [__spec__.name, "--run", entry])]
+
+
+def run_served(argv: list[str], entry: str = CLI) -> int | None:
+    """Run the command (`argv`, without the program name; `entry` names what runs it) in a worker of the shared
+    server and return its exit code; None when no server took it (none listens, or it was just then idling
+    out, or this process's standard streams cannot be passed), after starting one for the next command."""
     idle = idle_seconds()
     if idle == 0:
         return None
@@ -119,7 +134,8 @@ def run_served(argv: list[str]) -> int | None:
         mask = os.umask(0o077)
         os.umask(mask)
         try:
-            request = {"argv": ["patient-etl", *argv], "env": dict(os.environ), "cwd": os.getcwd(), "umask": mask,
+            request = {"entry": entry, "argv": ["patient-etl", *argv], "env": dict(os.environ), "cwd": os.getcwd(),
+                       "umask": mask,
                        "encodings": [(s.encoding, s.errors) for s in (sys.stdin, sys.stdout, sys.stderr)]}
             socket.send_fds(sock, [b"\0"], [0, 1, 2])
             _send(sock, request)
@@ -182,6 +198,7 @@ def serve(idle: float, at: bytes) -> int:
             conn.close()
             continue
         if os.fork() == 0:
+            os.setsid()  # the worker and what it starts are a group of their own (ended together, below)
             listener.close()
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             conn.settimeout(None)
@@ -219,14 +236,15 @@ def _work(conn: socket.socket) -> int:
     _send(conn, ("started", os.getpid()))
     done = threading.Event()
     threading.Thread(target=_take_signals, args=(stream, done), name="command-signals", daemon=True).start()
-    code = _run(sys.argv[1:])
+    code = _run(request["entry"], sys.argv[1:])
     done.set()
     _send(conn, ("exit", code))
     return code
 
 
 def _take_signals(stream: io.BufferedReader, done: threading.Event) -> None:
-    """The signals the command's process forwards, raised here; its end (killed, say) as SIGTERM."""
+    """The signals the command's process forwards, raised here; its end (killed, say, as a linkage past its
+    time limit is) as SIGTERM to the worker's group: the worker and what it started in it (a Spark JVM)."""
     while True:
         try:
             byte = stream.read(1)
@@ -234,21 +252,28 @@ def _take_signals(stream: io.BufferedReader, done: threading.Event) -> None:
             byte = b""
         if done.is_set():
             return
-        os.kill(os.getpid(), byte[0] if byte else signal.SIGTERM)
         if not byte:
+            os.killpg(0, signal.SIGTERM)
             return
+        os.kill(os.getpid(), byte[0])
 
 
-def _run(argv: list[str]) -> int:
-    """`cli.main`, ended as the command's own process would end it (`cli.entry`, and Python's own exit)."""
-    from patient_etl.cli import main
-    from patient_etl.linkage import process
-    from patient_etl.quality.validator import prewarm
-
+def _run(entry: str, argv: list[str]) -> int:
+    """`cli.main` (or the linkage process's `main`), ended as its own process would end it (`cli.entry`, and
+    Python's own exit)."""
     try:
-        prewarm()  # as `command.entry` does: the linkage process starts at once, not when the run does
-        process.prewarm()
-        code = main(argv)
+        if entry == LINKAGE:
+            from patient_etl.linkage.run import main as linkage_main
+
+            code = linkage_main()
+        else:
+            from patient_etl.cli import main
+            from patient_etl.linkage import process
+            from patient_etl.quality.validator import prewarm
+
+            prewarm()  # as `command.entry` does: the linkage process starts at once, not when the run does
+            process.prewarm()
+            code = main(argv)
     except SystemExit as exc:  # argparse's --help and usage errors
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
         if exc.code is not None and not isinstance(exc.code, int):
@@ -266,7 +291,18 @@ def _run(argv: list[str]) -> int:
     return code
 
 
+def run_process(entry: str) -> int:
+    """`--run ENTRY`: this process's streams handed to a worker that runs `entry`, or, with no server to
+    take them, this process becomes `python -m ENTRY` (the same pid, streams and environment)."""
+    code = run_served([], entry)
+    if code is None:
+        os.execv(sys.executable, [sys.executable, "-P", "-m", entry])
+    return code
+
+
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--serve"] and len(sys.argv) == 4:
         sys.exit(serve(float(sys.argv[2]), bytes.fromhex(sys.argv[3])))
-    sys.exit(f"usage: python -m {__spec__.name} --serve IDLE_SECONDS ADDRESS_HEX")
+    if sys.argv[1:] == ["--run", LINKAGE]:
+        sys.exit(run_process(sys.argv[2]))
+    sys.exit(f"usage: python -m {__spec__.name} --serve IDLE_SECONDS ADDRESS_HEX | --run {LINKAGE}")

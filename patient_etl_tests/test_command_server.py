@@ -22,6 +22,7 @@ import pytest
 
 from patient_etl import command_server
 from patient_etl.batches import Home, Registry
+from patient_etl.linkage import process
 from patient_etl.linkage.run import SLOW
 from patient_etl_tests.conftest import write_csv
 
@@ -172,8 +173,9 @@ def test_the_server_holds_none_of_the_commands_settings_or_secrets(env):
 
 @pytest.mark.parametrize("how", ["ctrl-c", "killed"])
 def test_the_commands_signal_or_end_reaches_its_worker(tmp_path, env, server, how):
-    """A run held in its linkage stage (a linkage a minute slower): Ctrl-C on the command interrupts the
-    run in the worker, and the command ends with it; the command killed, its worker ends too."""
+    """A run held in its linkage stage (a linkage a minute slower), whose linkage process is a worker of the
+    same server: Ctrl-C on the command interrupts the run, which stops its linkage, and the command ends
+    with it; the command killed, its worker ends (its linkage, in a session of its own, as before)."""
     write_csv(tmp_path / "roster.csv", HEADER, *ROWS)
     slow = {**env, SLOW: "60"}
     process = _command(["import", "roster.csv", "--json"], slow, tmp_path)
@@ -181,14 +183,37 @@ def test_the_commands_signal_or_end_reaches_its_worker(tmp_path, env, server, ho
     _wait(lambda: any(b.status.startswith("Finished") for b in registry.all()) or process.poll() is not None)
     assert process.poll() is None, process.communicate()
     time.sleep(1)  # the run is in its linkage stage, waiting on the slow linkage
-    (worker,) = _children(server)
+    workers = _children(server)
+    (command,) = [w for w in workers if any(b"--run" in _read(Path(f"/proc/{c}/cmdline")) for c in _children(w))]
+    (linkage,) = set(workers) - {command}
     started = time.monotonic()
     if how == "ctrl-c":
         process.send_signal(signal.SIGINT)
         out, err = process.communicate(timeout=50)
         assert "command process: light" in err
+        ended = [command, linkage]
     else:
         process.kill()
         process.wait()
-    _wait(lambda: not Path(f"/proc/{worker}").exists() or b"zombie" in _read(Path(f"/proc/{worker}/status")), 50)
+        ended = [command]
+    for pid in ended:
+        _wait(lambda pid=pid: not Path(f"/proc/{pid}").exists(), 50)
     assert time.monotonic() - started < 50, "the run waited for the slow linkage instead"
+
+
+def test_the_linkage_process_is_a_worker_too_and_goes_with_its_handle(env, server):
+    """A run's linkage process (`linkage.process`) hands its streams to a worker that has Splink imported:
+    closed unused it exits 0 with its worker; killed (as one past its time limit is) its worker ends too."""
+    unused = process.spawn()
+    _wait(lambda: len(_children(server)) == 1, 60)
+    (worker,) = _children(server)
+    unused.stdin.close()
+    assert unused.wait(timeout=60) == 0 and unused.stdout.read() == ""
+    _wait(lambda: not Path(f"/proc/{worker}").exists(), 30)
+
+    killed = process.spawn()
+    _wait(lambda: len(_children(server)) == 1, 60)
+    (worker,) = _children(server)
+    os.killpg(killed.pid, signal.SIGKILL)
+    killed.wait()
+    _wait(lambda: not Path(f"/proc/{worker}").exists(), 30)

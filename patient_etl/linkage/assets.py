@@ -9,6 +9,7 @@ linkage is off, or fails (a corrupt model, a wrong setting, Splink itself), or r
 materializes with `outcome` saying so and no pairs.
 """
 
+import contextlib
 import json
 import os
 import signal
@@ -113,16 +114,24 @@ def run_linkage(etl: PatientEtl, batch_id: str) -> dict:
     try:
         out, err = child.communicate(request + "\n", timeout=etl.linkage_timeout_seconds)
     except subprocess.TimeoutExpired:
-        os.killpg(child.pid, signal.SIGKILL)  # its own session: the process and whatever it started
-        child.communicate()
+        _stop(child)
         return {"outcome": "timed out", "reason": f"linkage took longer than {etl.linkage_timeout_seconds} s "
                                                    "(PATIENT_ETL_LINKAGE_TIMEOUT_SECONDS)"}
+    except BaseException:  # the run interrupted (Ctrl-C, a terminated run): its linkage goes with it
+        _stop(child)
+        raise
     lines = out.strip().splitlines()
     if child.returncode == 0 and lines:
         return json.loads(lines[-1])
     path = private_log(etl, batch_id, err)
     return {"outcome": "failed", "reason": f"the linkage process ended with code {child.returncode}; "
                                           f"its output (which may quote data) is in {path}"}
+
+
+def _stop(child: subprocess.Popen) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(child.pid, signal.SIGKILL)  # its own session: the process and whatever it started
+    child.communicate()
 
 
 def private_log(etl: PatientEtl, batch_id: str, text: str) -> str:

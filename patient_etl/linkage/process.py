@@ -1,7 +1,9 @@
 """The linkage process a run hands its batch to (`python -m patient_etl.linkage.run`), started ahead.
 
 It imports Python, Dagster, Splink and the rest of what a linkage loads (~2.5 s on this machine's two
-cores) while the batch is landed, checked and published, then waits for its batch. Dagster starts one
+cores) while the batch is landed, checked and published, then waits for its batch. When the command's
+server runs (`command_server.py`), a worker of that server, which has all of that imported already, is
+the linkage process: the process started here only hands it its streams. Dagster starts one
 as a run starts (the `linkage_process` resource); the `patient-etl` command starts it earlier still,
 before it imports Dagster itself (`prewarm`). A run that needs no linkage closes it unused. This module
 imports neither Dagster nor Splink.
@@ -11,8 +13,9 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
+
+from patient_etl.command_server import LINKAGE, process_command
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 
@@ -29,8 +32,8 @@ def spawn() -> subprocess.Popen:
     # Its own session: a time-out kills the process and whatever it started (a Spark JVM). It imports
     # this very package: its root first on the path, and `-P` keeps the working directory off it.
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(PACKAGE_ROOT), os.environ.get("PYTHONPATH")]))}
-    return subprocess.Popen([sys.executable, "-P", "-m", "patient_etl.linkage.run"], stdin=subprocess.PIPE, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    return subprocess.Popen(process_command(LINKAGE), stdin=subprocess.PIPE, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
 def prewarm() -> None:
