@@ -17,6 +17,8 @@ meanwhile); 0 turns it off, and every command runs in its own process. The serve
 the settings and secrets of the command that started it (`servers.server_env`) and reads no settings
 itself: a worker holds its own command's only, and ends with it. Only the same user may connect. It is
 named for this code, this interpreter and PYTHONPATH: a changed checkout never talks to an old server.
+What a library reads from the environment as it is imported (a few DAGSTER_* tuning variables; none of
+ours) is read once, by the server.
 
 This module is imported by the command before Dagster (`command.py`): it imports nothing heavy itself.
 """
