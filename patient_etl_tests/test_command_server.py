@@ -95,6 +95,7 @@ def server(env) -> int:
     started = command_server.start_server(120)
     _wait(lambda: started.poll() is not None or _listening())
     assert started.poll() is None
+    _wait(lambda: _children(started.pid) == [], 30)  # the worker forked for that probe has gone
     yield started.pid
 
 
