@@ -183,37 +183,12 @@ def _preload() -> None:
 def serve(idle: float, at: bytes) -> int:
     """The server, listening `at`: imports once, a forked worker per command, gone after `idle` s without one."""
     _preload()
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        listener.bind(at)
-    except OSError:  # another server holds the address (two commands started one at once): it serves
-        return 0
-    listener.listen(64)
-    listener.settimeout(idle)
-    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # workers are reaped as they exit
-    while True:
-        try:
-            conn, _ = listener.accept()
-        except TimeoutError:
-            return 0
-        if servers.peer_uid(conn) != os.getuid():
-            conn.close()
-            continue
-        if os.fork() == 0:
-            os.setsid()  # the worker and what it starts are a group of their own (ended together, below)
-            listener.close()
-            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-            conn.settimeout(None)
-            code = 1
-            try:
-                code = _work(conn)
-            finally:  # never back into the server's loop
-                os._exit(code)
-        conn.close()
+    return servers.serve_forking(at, idle, _work)
 
 
 def _work(conn: socket.socket) -> int:
     """A worker: become the command's process, run the command, report its exit code."""
+    os.setsid()  # the worker and what it starts are a group of their own (ended together: `_take_signals`)
     try:
         _, fds, _, _ = socket.recv_fds(conn, 1, 3)
         stream = conn.makefile("rb")

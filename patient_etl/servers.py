@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import socket
 import struct
 import sys
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 
@@ -48,3 +50,35 @@ def server_env(**extra: str) -> dict[str, str]:
 def peer_uid(conn: socket.socket) -> int:
     _, uid, _ = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
     return uid
+
+
+def serve_forking(at: bytes, idle: float, work: Callable[[socket.socket], int]) -> int:
+    """Listen `at` and fork a worker per connection of this user, which runs `work(connection)` and exits
+    with its code; gone after `idle` s without a connection. Returns at once when another server holds
+    the address (two were started at once: that one serves)."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        listener.bind(at)
+    except OSError:
+        return 0
+    listener.listen(64)
+    listener.settimeout(idle)
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # workers are reaped as they exit
+    while True:
+        try:
+            conn, _ = listener.accept()
+        except TimeoutError:
+            return 0
+        if peer_uid(conn) != os.getuid():
+            conn.close()
+            continue
+        if os.fork() == 0:
+            listener.close()
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            conn.settimeout(None)
+            code = 1
+            try:
+                code = work(conn)
+            finally:  # never back into the server's loop
+                os._exit(code)
+        conn.close()

@@ -284,32 +284,15 @@ def serve_shared(idle: float) -> int:
 
     context()  # imported and built before any fork: every worker starts ready
     _freeze_heap()  # once here, not in every worker as it takes its first batch
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        listener.bind(address())
-    except OSError:  # another server holds the address (two runs started one at once): it serves
-        return 0
-    listener.listen(64)
-    listener.settimeout(idle)
-    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # workers are reaped as they exit
-    while True:
-        try:
-            conn, _ = listener.accept()
-        except TimeoutError:
-            return 0
-        if servers.peer_uid(conn) != os.getuid():
-            conn.close()
-            continue
-        if os.fork() == 0:
-            listener.close()
-            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-            conn.settimeout(None)
-            requests, replies = conn.makefile("rb"), conn.makefile("wb")
-            pickle.dump(("ready", os.getpid()), replies)
-            replies.flush()
-            _serve(requests, replies)
-            os._exit(0)
-        conn.close()
+    return servers.serve_forking(address(), idle, _worker)
+
+
+def _worker(conn: socket.socket) -> int:
+    requests, replies = conn.makefile("rb"), conn.makefile("wb")
+    pickle.dump(("ready", os.getpid()), replies)
+    replies.flush()
+    _serve(requests, replies)
+    return 0
 
 
 def main(argv: list[str]) -> int:
