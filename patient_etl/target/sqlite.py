@@ -19,6 +19,10 @@ import sqlalchemy as sa
 from patient_etl.target.base import TableCatalog, Target
 
 _FETCH_ROWS = 50_000
+# Each of SQLite's page caches (the database's, a publish's temporary tables'), as its PRAGMA takes it
+# (negative: KiB). They sit beside DuckDB's memory in the run's process: at 256 MB each, a 1M-row
+# publish peaked at 1.4-1.5 GB; at 64 MB, 0.91 GB in the same time (BENCHMARKS.md, session 10).
+_CACHE = "-65536"
 
 
 def affinity(declared: str) -> str:
@@ -117,15 +121,15 @@ def _autocommit_driver(dbapi_connection, _record) -> None:
     # WAL: readers never wait for a publish; NORMAL sync is still crash-safe in WAL mode. Temporary
     # tables in memory, where SQLite's temporary files (outside the home) would otherwise hold them:
     # right for a batch's status, not for a publish's bulk tables (`_temp_store_in`).
-    for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "temp_store=MEMORY", "cache_size=-262144"):
+    for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "temp_store=MEMORY", f"cache_size={_CACHE}"):
         dbapi_connection.execute(f"PRAGMA {pragma}")
 
 
 def _temp_store_in(dbapi_connection, folder: Path) -> None:
-    """A publish's temporary tables in files in the batch's folder, with 256 MB of cache: in memory,
+    """A publish's temporary tables in files in the batch's folder, with their own cache: in memory,
     a 10M-row batch's (the incoming rows, their outcomes) grew the process past 6 GB. SQLite names its
     temporary files' folder per process (the deprecated but supported `temp_store_directory`); one
     publish runs in a process at a time, and each sets its own before it begins."""
     dbapi_connection.execute(f"PRAGMA temp_store_directory = '{str(folder).replace(chr(39), chr(39) * 2)}'")
-    for pragma in ("temp_store=FILE", "temp.cache_size=-262144"):
+    for pragma in ("temp_store=FILE", f"temp.cache_size={_CACHE}"):
         dbapi_connection.execute(f"PRAGMA {pragma}")
