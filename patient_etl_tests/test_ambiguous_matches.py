@@ -53,3 +53,23 @@ def test_an_id_that_finds_one_member_while_the_name_matches_another_warns(tmp_pa
         in results["W1"]["messages"]
     assert results["W3"]["status"] == "Created" and not results["W3"]["messages"]
     assert query(etl.target(), "SELECT emails FROM member WHERE member_id = 'W2'") == [(None,)]
+
+
+@pytest.mark.parametrize("target", ["etl", "pg_etl"])
+@pytest.mark.parametrize("keyless_first", [True, False], ids=["keyless first", "named first"])
+def test_a_keyless_row_and_a_row_naming_the_member_it_matches_are_one_record(tmp_path, run_import, target,
+                                                                              keyless_first, request):
+    """The keyless row's key is found in the target (its match key), after the batch's own keys were
+    compared with each other: the two rows still resolve to one record, the later a Conflict."""
+    etl = request.getfixturevalue(target)
+    header = "Patient ID,First Name,Last Name,DOB,Sex,Email"
+    assert run_import(_excel_csv(tmp_path / "roster.csv", [header, "K1,Ann,Lee,1980-01-02,F,"]),
+                      etl)["counts"]["Created"] == 1
+    rows = [",Ann,Lee,1980-01-02,F,keyless@example.org", "K1,Ann,Lee,1980-01-02,F,named@example.org"]
+    if not keyless_first:
+        rows.reverse()
+    results = read_results(run_import(_excel_csv(tmp_path / "again.csv", [header, *rows]), etl))
+    assert [(r["external_id"], r["status"]) for r in results] == [("K1", "Updated"), ("K1", "Errored")], results
+    assert f"the same record as row {results[0]['row_number']} of this batch" in results[1]["messages"]
+    first_email = rows[0].rsplit(",", 1)[1]
+    assert query(etl.target(), "SELECT emails FROM member WHERE member_id = 'K1'") == [(f'["{first_email}"]',)]
