@@ -355,10 +355,15 @@ class Target:
         order = "rid" if self.INCOMING_KEYED else f"{key}, rid"
         # Each row with its key's first row of the batch (a later one is a Conflict), found by DuckDB: the
         # target's window over the key sorted 1M rows on disk first (1.4 s of a 1M-row outcome statement).
-        # NULL for a keyless row, whose key the target may yet resolve.
-        first = f"CASE WHEN {key} IS NOT NULL THEN min(rid) OVER (PARTITION BY {key}) END"
-        self.load(conn, duck, f"SELECT rid, {first} AS first_rid, {', '.join(cols)} FROM {entity.table} "
-                              f"ORDER BY {order}", incoming, ["rid", "first_rid", *cols])
+        # Only keys the batch repeats are aggregated (a window here carried every column through it: +1.3 s
+        # to the load). NULL for a keyless row, whose key the target may yet resolve.
+        repeated = (f"SELECT {key}, min(rid) AS first_rid FROM {entity.table} WHERE {key} IS NOT NULL "
+                    f"GROUP BY {key} HAVING count(*) > 1")
+        self.load(conn, duck, f"SELECT s.rid, CASE WHEN s.{key} IS NOT NULL THEN coalesce(r.first_rid, s.rid) END "
+                              f"AS first_rid, {', '.join(f's.{c}' for c in cols)} FROM {entity.table} s "
+                              f"LEFT JOIN ({repeated}) r ON r.{key} = s.{key} "
+                              f"ORDER BY {', '.join(f's.{c}' for c in order.split(', '))}",
+                  incoming, ["rid", "first_rid", *cols])
         self.analyze(conn, incoming)
         outcome = f"outcome_{entity.name}"
         candidates = f"candidates_{entity.name}"
