@@ -352,7 +352,7 @@ class Target:
         # In index order, here and below: B-tree indexes then grow at their right edge instead of
         # splitting pages all over (a 1M-row log loaded in its arbitrary order took 7 s, most of it there).
         # Without an index on rid, in the entity's key order: the insert then writes them as they lie.
-        order = "rid" if self.INCOMING_KEYED else f"{key}, rid"
+        order = "s.rid" if self.INCOMING_KEYED else f"s.{key}, s.rid"
         # Each row with its key's first row of the batch (a later one is a Conflict), found by DuckDB: the
         # target's window over the key sorted 1M rows on disk first (1.4 s of a 1M-row outcome statement).
         # Only keys the batch repeats are aggregated (a window here carried every column through it: +1.3 s
@@ -362,7 +362,7 @@ class Target:
         self.load(conn, duck, f"SELECT s.rid, CASE WHEN s.{key} IS NOT NULL THEN coalesce(r.first_rid, s.rid) END "
                               f"AS first_rid, {', '.join(f's.{c}' for c in cols)} FROM {entity.table} s "
                               f"LEFT JOIN ({repeated}) r ON r.{key} = s.{key} "
-                              f"ORDER BY {', '.join(f's.{c}' for c in order.split(', '))}",
+                              f"ORDER BY {order}",
                   incoming, ["rid", "first_rid", *cols])
         self.analyze(conn, incoming)
         outcome = f"outcome_{entity.name}"
