@@ -136,8 +136,8 @@ def run_served(argv: list[str], entry: str = CLI) -> int | None:
         mask = os.umask(0o077)
         os.umask(mask)
         try:
-            request = {"entry": entry, "argv": ["patient-etl", *argv], "env": dict(os.environ), "cwd": os.getcwd(),
-                       "umask": mask,
+            request = {"entry": entry, "argv": ["patient-etl", *argv], "env": dict(os.environ),
+                       "cwd": os.getcwd(), "umask": mask,
                        "encodings": [(s.encoding, s.errors) for s in (sys.stdin, sys.stdout, sys.stderr)]}
             socket.send_fds(sock, [b"\0"], [0, 1, 2])
             _send(sock, request)

@@ -39,12 +39,16 @@ def address(kind: str, *also: str) -> bytes:
     return f"\0patient_etl-{kind}-".encode() + digest.hexdigest()[:32].encode()
 
 
+def package_path() -> str:
+    """PYTHONPATH for a process that imports this very package: PACKAGE_ROOT first, then this one's path
+    (with `python -P`, which keeps the working directory, maybe another checkout, off it)."""
+    return os.pathsep.join(filter(None, [str(PACKAGE_ROOT), os.environ.get("PYTHONPATH")]))
+
+
 def server_env(**extra: str) -> dict[str, str]:
-    """A server's environment. It imports this very package: PACKAGE_ROOT first on its path, and `python -P`
-    keeps the working directory (which may hold another checkout) off it."""
+    """A server's environment: only what `KEPT_ENV` keeps, and `package_path()`."""
     kept = {k: v for k, v in os.environ.items() if k in KEPT_ENV or k.startswith(KEPT_ENV_PREFIXES)}
-    return {**kept, **extra,
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(PACKAGE_ROOT), os.environ.get("PYTHONPATH")]))}
+    return {**kept, **extra, "PYTHONPATH": package_path()}
 
 
 def peer_uid(conn: socket.socket) -> int:

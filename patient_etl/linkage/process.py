@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import os
 import subprocess
-from pathlib import Path
 
 from patient_etl.command_server import LINKAGE, process_command
-
-PACKAGE_ROOT = Path(__file__).resolve().parents[2]
+from patient_etl.servers import package_path
 
 _waiting: subprocess.Popen | None = None  # a linkage process started ahead, not yet given a batch
 
@@ -29,9 +27,8 @@ def linkage_on() -> bool:
 
 
 def spawn() -> subprocess.Popen:
-    # Its own session: a time-out kills the process and whatever it started (a Spark JVM). It imports
-    # this very package: its root first on the path, and `-P` keeps the working directory off it.
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(PACKAGE_ROOT), os.environ.get("PYTHONPATH")]))}
+    # Its own session: a time-out kills the process and whatever it started (a Spark JVM).
+    env = {**os.environ, "PYTHONPATH": package_path()}
     return subprocess.Popen(process_command(LINKAGE), stdin=subprocess.PIPE, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
 
