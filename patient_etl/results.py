@@ -18,6 +18,7 @@ import json
 import os
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import duckdb
 
@@ -25,6 +26,9 @@ from patient_etl.batches import Batch
 from patient_etl.duck import in_memory
 from patient_etl.entities import ENTITIES
 from patient_etl.entities.spec import is_messages_column
+
+if TYPE_CHECKING:
+    import threading
 
 RESULT_COLUMNS = ("row_number", "entity", "external_id", "status", "messages")
 STATUSES = ("Created", "Updated", "Unchanged", "Errored")
@@ -104,10 +108,12 @@ def safe_stem(name: str) -> str:
     return stem[:80] or "upload"
 
 
-def claim_name(folder: Path, base: str, suffix: str = ".csv") -> tuple[Path, Path]:
-    """(temporary path, final path) for a new file that must not overwrite anything."""
+def claim_name(folder: Path, base: str, suffix: str = ".csv", part: int | None = None) -> tuple[Path, Path]:
+    """(temporary path, final path) for a new file that must not overwrite anything. A process writes
+    one file of each name at a time, or `part` tells apart files written together under one name."""
     folder.mkdir(parents=True, exist_ok=True)
-    return folder / f".{base}.{os.getpid()}.writing", folder / f"{base}{suffix}"
+    tag = "" if part is None else f".{part}"
+    return folder / f".{base}{suffix}{tag}.{os.getpid()}.writing", folder / f"{base}{suffix}"
 
 
 def link_into_place(tmp: Path, final: Path) -> Path:
@@ -202,6 +208,10 @@ def error_labels(messages: str | None) -> dict[str, list[str]]:
     return found
 
 
+class Stopped(Exception):
+    """A results file left unfinished on purpose (what it was for ended first)."""
+
+
 SHEET_ROWS = 1_048_576  # Excel's rows per worksheet, the header's included
 
 
@@ -232,11 +242,12 @@ class _Sheets:
 
 
 def write_errors_xlsx(duck: duckdb.DuckDBPyConnection, query: str, entity: str,
-                      headers: list[tuple[int, str, str | None]], tmp: Path, sheet_rows: int = SHEET_ROWS) -> None:
+                      headers: list[tuple[int, str, str | None]], tmp: Path, sheet_rows: int = SHEET_ROWS,
+                      stop: threading.Event | None = None) -> None:
     """The errors file as a workbook: the partner's cells as text (no formula ever runs), each cell
     with an error filled and commented, and a second sheet listing every error by row and column. More
     lines than a worksheet holds (`sheet_rows`) go on on `rows 2`, `errors 2`...; the listing then
-    names the sheet of a row that is not on `rows`."""
+    names the sheet of a row that is not on `rows`. `stop`, once set, ends the writing (`Stopped`)."""
     import xlsxwriter  # heavy-ish, and only needed when a file has errored rows
 
     labels = {c.name: c.label for c in ENTITIES[entity].columns()} if entity in ENTITIES else {}
@@ -250,6 +261,8 @@ def write_errors_xlsx(duck: duckdb.DuckDBPyConnection, query: str, entity: str,
         listing = _Sheets(workbook, "errors", ["row", "column", "error"], bold, sheet_rows)
         result = duck.execute(f"SELECT * EXCLUDE (_n) FROM ({query}) ORDER BY _n")
         while chunk := result.fetchmany(2048):
+            if stop is not None and stop.is_set():
+                raise Stopped("the errors workbook was not finished: its publish ended first")
             for record in chunk:
                 sheet, line = rows.next_line()
                 messages = record[-1]

@@ -3,6 +3,8 @@ the results files."""
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -65,7 +67,7 @@ def publish_batch(home: Home, batch: Batch, target_url: str, dry_run: bool = Fal
     run_id = run_id or f"local-{uuid.uuid4().hex}"
     recovered = None
     try:
-        with workspace.open(PUBLISH, reads=reads) as db:
+        with workspace.open(PUBLISH, reads=reads) as db, contextlib.ExitStack() as stack:
             duck = db.con
             now = utc_now()
             with target.connect() as conn:
@@ -92,6 +94,8 @@ def publish_batch(home: Home, batch: Batch, target_url: str, dry_run: bool = Fal
                     changed = review.compare_with_preview(duck, ROW_LOG, previewed)
                     log, extra = review.REVIEWED_LOG, ("since_preview",)
                 results.write_csv(duck, results.results_query(log, db.batch_files, extra), tmp)
+                # The row log is final: its errors files are written beside the logs' load and the commit.
+                errors = stack.enter_context(_ErrorsFiles(home, db, batch, results.file_label(dry_run, bool(held))))
                 if dry_run or held:
                     transaction.rollback()
                     if held:
@@ -103,7 +107,7 @@ def publish_batch(home: Home, batch: Batch, target_url: str, dry_run: bool = Fal
                     transaction.commit()
                     maybe_die_after_commit()
             results_file = results.link_into_place(tmp, final)
-            errors_files = _write_errors_files(home, db, batch, results.file_label(dry_run, bool(held)))
+            errors_files = errors.link_into_place()
             by_entity = {
                 e: dict(duck.execute(f"SELECT status, count(*) FROM {ROW_LOG} WHERE entity = ? GROUP BY status",
                                      [e]).fetchall())
@@ -156,29 +160,75 @@ def _build_row_log(db: StageDb, batch_id: str, entities: list[Entity]) -> None:
     db.con.execute(f"CREATE OR REPLACE TABLE {ROW_LOG} AS " + " UNION ALL ".join(selects))
 
 
-def _write_errors_files(home: Home, db: StageDb, batch: Batch, label: str) -> list[str]:
-    written = []
-    files = db.con.execute(
-        f"SELECT f.file_index, f.name, f.entity FROM {db.batch_files} f WHERE EXISTS "
-        f"(SELECT 1 FROM {ROW_LOG} r WHERE r.file_index = f.file_index AND r.status = 'Errored') ORDER BY 1"
-    ).fetchall()
-    for file_index, name, entity in files:
-        if entity not in ENTITIES:  # a file a SQL template reads: its rows were transformed, not echoed
-            continue
-        headers = db.con.execute(
-            f"SELECT position, header, column_name FROM {db.header_map} WHERE file_index = ? ORDER BY position",
-            [file_index],
+class _ErrorsFiles:
+    """The batch's errors files (a CSV and a workbook for each file with errored rows), written from the
+    final row log on a thread of their own while the publish loads its logs and commits (the workbook is
+    written cell by cell in Python, seconds per 10,000 errored rows, while the run mostly waits on the
+    target), then linked into place: only once the batch's outcome is committed (or rolled back, for a
+    preview or a dry run). When the publish fails instead, the thread is waited for and its files removed."""
+
+    def __init__(self, home: Home, db: StageDb, batch: Batch, label: str):
+        self.error: BaseException | None = None
+        self.written: list[tuple[Path, Path, Path, Path]] = []  # (csv tmp, csv name, xlsx tmp, xlsx name)
+        # What to write, read here: the thread touches only its own cursor, never the publish's connection.
+        self.jobs = []
+        files = db.con.execute(
+            f"SELECT f.file_index, f.name, f.entity FROM {db.batch_files} f WHERE EXISTS "
+            f"(SELECT 1 FROM {ROW_LOG} r WHERE r.file_index = f.file_index AND r.status = 'Errored') ORDER BY 1"
         ).fetchall()
-        base = f"{batch.received_on.isoformat()}_{results.safe_stem(name)}{label}_errors"
-        tmp, final = results.claim_name(home.results, base)
-        query = results.errors_query(db.raw(file_index), headers, ROW_LOG, file_index, entity=entity,
-                                     rejected=db.rejected(file_index))
-        results.write_errors_csv(db.con, query, headers, tmp)
-        csv_file = results.link_into_place(tmp, final)
-        # The same rows as a workbook beside it, named after the CSV (`..._errors-2.xlsx` beside `..._errors-2.csv`).
-        tmp, final = results.claim_name(home.results, csv_file.stem, ".xlsx")
-        query = results.errors_query(db.raw(file_index), headers, ROW_LOG, file_index, entity=entity, neutralized=False,
-                                     rejected=db.rejected(file_index))
-        results.write_errors_xlsx(db.con, query, entity, headers, tmp)
-        written += [str(csv_file), str(results.link_into_place(tmp, final))]
-    return written
+        for file_index, name, entity in files:
+            if entity not in ENTITIES:  # a file a SQL template reads: its rows were transformed, not echoed
+                continue
+            headers = db.con.execute(
+                f"SELECT position, header, column_name FROM {db.header_map} WHERE file_index = ? ORDER BY position",
+                [file_index],
+            ).fetchall()
+            base = f"{batch.received_on.isoformat()}_{results.safe_stem(name)}{label}_errors"
+            # Two files of a batch may share a name: each one's temporary files are its own.
+            csv_tmp, csv_final = results.claim_name(home.results, base, part=file_index)
+            xlsx_tmp, xlsx_final = results.claim_name(home.results, base, ".xlsx", part=file_index)
+            self.written.append((csv_tmp, csv_final, xlsx_tmp, xlsx_final))
+            queries = [results.errors_query(db.raw(file_index), headers, ROW_LOG, file_index, entity=entity,
+                                            neutralized=neutralized, rejected=db.rejected(file_index))
+                       for neutralized in (True, False)]
+            self.jobs.append((entity, headers, queries, csv_tmp, xlsx_tmp))
+        self.cursor = db.con.cursor()  # DuckDB: a connection object serves one thread at a time
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._write, name="errors-files", daemon=True)
+
+    def __enter__(self) -> _ErrorsFiles:
+        self.thread.start()
+        return self
+
+    def __exit__(self, failed, *exc) -> None:
+        if failed is not None:  # the files are not wanted: no waiting for them to be finished
+            self.stop.set()
+            self.cursor.interrupt()
+        self.thread.join()
+        self.cursor.close()
+        for csv_tmp, _, xlsx_tmp, _ in self.written:  # anything not linked into place
+            csv_tmp.unlink(missing_ok=True)
+            xlsx_tmp.unlink(missing_ok=True)
+
+    def _write(self) -> None:
+        try:
+            for entity, headers, (csv_query, xlsx_query), csv_tmp, xlsx_tmp in self.jobs:
+                if self.stop.is_set():
+                    return
+                results.write_errors_csv(self.cursor, csv_query, headers, csv_tmp)
+                results.write_errors_xlsx(self.cursor, xlsx_query, entity, headers, xlsx_tmp, stop=self.stop)
+        except BaseException as error:  # raised in the publish's thread, by link_into_place
+            self.error = error
+
+    def link_into_place(self) -> list[str]:
+        """The files' paths, once written and linked into place (an error in writing them is raised here)."""
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+        linked = []
+        for csv_tmp, csv_final, xlsx_tmp, xlsx_final in self.written:
+            csv_file = results.link_into_place(csv_tmp, csv_final)
+            # The workbook is named after the CSV (`..._errors-2.xlsx` beside `..._errors-2.csv`).
+            linked += [str(csv_file), str(results.link_into_place(xlsx_tmp, xlsx_final.with_stem(csv_file.stem)))]
+        self.written = []
+        return linked
