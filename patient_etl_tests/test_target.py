@@ -22,7 +22,7 @@ import pytest
 from patient_etl.entities import ENTITIES
 from patient_etl.target import TargetSchemaError, open_target
 from patient_etl.target.postgres import PostgresTarget
-from patient_etl.target.schema import MIGRATION_TABLE, stored_columns
+from patient_etl.target.schema import IMPORT_RUN_ROW, MIGRATION_TABLE, stored_columns
 from patient_etl.target.sqlite import SqliteTarget
 
 PROVIDER = ENTITIES["provider"]
@@ -74,12 +74,14 @@ def test_a_new_target_is_created_by_migration_recorded_once(target, target_url):
         target.serialize_publishes(conn)
         applied = target.migrate(conn, list(ENTITIES.values()))
     described = [m.description for m in applied]
-    assert described[:3] == ["create table schema_migration", "create table import_batch", "create table import_row"]
+    assert described[:3] == ["create table schema_migration", "create table import_batch", "create table import_run"]
     assert "create index member_match_key on member" in described and "create table eop" in described
+    assert described[-1] == "create view import_row"
     assert migrations(target) == described
     with target.connect() as conn:
         versions = {r[0] for r in conn.exec_driver_sql(f"SELECT spec_version FROM {MIGRATION_TABLE}")}
-        assert set(target.catalog(conn)) >= {"member", "claim", "import_row", MIGRATION_TABLE}
+        assert set(target.catalog(conn)) >= {"member", "claim", "import_run_row", MIGRATION_TABLE}
+        assert "import_row" not in target.catalog(conn) and target.views(conn) == {"import_row"}
     assert len(versions) == 1
 
     again = open_target(target_url)  # the next run: nothing to do, nothing recorded
@@ -101,16 +103,57 @@ def test_a_previous_release_target_gains_the_missing_column_and_keeps_its_rows(t
     assert applied == ["create table schema_migration", "add column import_batch.run_id",
                        "add column import_batch.status_at",
         "add column import_batch.held_reason", "add column import_batch.decided_by",
-        "add column import_batch.decided_at", "add column import_row.run_id", "create table import_run",
+        "add column import_batch.decided_at", "add column import_batch.row_log_run_id", "create table import_run",
                        "create index import_run_batch on import_run", "create table import_run_row",
                        "add column member.relationship", "add column member.ssn_hash",
                        "create index member_match_key on member", "create table possible_duplicate",
                        "create index possible_duplicate_pair on possible_duplicate",
-                       "create index possible_duplicate_status on possible_duplicate"]
+                       "create index possible_duplicate_status on possible_duplicate", *ROW_LOG_INTO_HISTORY]
     with target.connect() as conn:
         assert conn.exec_driver_sql("SELECT member_id, first_name, relationship FROM member").all() == [
             ("M1", "Ann", None)]
         assert "member_match_key" in target.catalog(conn)["member"].indexes
+
+
+ROW_LOG_INTO_HISTORY = ["copy import_row into import_run_row", "point import_batch.row_log_run_id at it",
+                        "drop table import_row (its rows are in import_run_row)", "create view import_row"]
+
+
+def test_an_earlier_row_log_table_becomes_the_view_losing_no_row(target):
+    # Releases before the view kept each batch's latest row log in a table of its own: the oldest
+    # without a run (`old`), later ones with the run, whose rows the history holds too (`b1`, at its
+    # second run r1). Every row stays readable, in the history and through the view, and none twice.
+    run_script(target, PREVIOUS_RELEASE.read_text())
+    history = (target.create_table_statement(IMPORT_RUN_ROW)
+               .replace("CREATE TABLE IF NOT EXISTS", "CREATE TABLE"))
+    row = "INSERT INTO {t} (batch_id, file_index, row_number, entity, status{c}) VALUES ('{b}', 0, {n}, 'member', '{s}'{v})"
+    with target.begin() as conn:
+        conn.exec_driver_sql("ALTER TABLE import_row ADD COLUMN run_id TEXT")
+        conn.exec_driver_sql(history)
+        for batch in ("old", "b1", "held"):
+            conn.exec_driver_sql("INSERT INTO import_batch (batch_id, source, file_names, status) "
+                                 f"VALUES ('{batch}', 'cli', '[]', 'Finished')")
+        for n in (2, 3):
+            conn.exec_driver_sql(row.format(t="import_row", c="", b="old", n=n, s="Created", v=""))
+            conn.exec_driver_sql(row.format(t="import_row", c=", run_id", b="b1", n=n, s="Unchanged", v=", 'r1'"))
+            for run, status in (("r0", "Created"), ("r1", "Unchanged")):
+                conn.exec_driver_sql(row.format(t="import_run_row", c=", run_id", b="b1", n=n, s=status,
+                                                v=f", '{run}'"))
+    with target.begin() as conn:
+        applied = [m.description for m in target.migrate(conn, list(ENTITIES.values()))]
+    assert applied[-4:] == ROW_LOG_INTO_HISTORY
+    with target.connect() as conn:
+        assert conn.exec_driver_sql(
+            "SELECT batch_id, row_number, status, run_id FROM import_row ORDER BY 1, 2").all() == [
+            ("b1", 2, "Unchanged", "r1"), ("b1", 3, "Unchanged", "r1"),
+            ("old", 2, "Created", "import_row:old"), ("old", 3, "Created", "import_row:old")]
+        assert conn.exec_driver_sql(
+            "SELECT run_id, count(*) FROM import_run_row GROUP BY run_id ORDER BY 1").all() == [
+            ("import_row:old", 2), ("r0", 2), ("r1", 2)]
+        assert conn.exec_driver_sql(
+            "SELECT batch_id, row_log_run_id FROM import_batch ORDER BY 1").all() == [
+            ("b1", "r1"), ("held", None), ("old", "import_row:old")]
+        assert "import_row" not in target.catalog(conn) and target.views(conn) == {"import_row"}
 
 
 def test_a_retyped_column_fails_naming_it_and_nothing_is_applied(target):

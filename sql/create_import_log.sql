@@ -19,20 +19,8 @@ CREATE TABLE IF NOT EXISTS import_batch (
     status_at TIMESTAMPTZ,
     held_reason TEXT,
     decided_by TEXT,
-    decided_at TIMESTAMPTZ
-);
-
-CREATE TABLE IF NOT EXISTS import_row (
-    batch_id TEXT NOT NULL,
-    file_index INTEGER NOT NULL,
-    row_number BIGINT NOT NULL,
-    entity TEXT NOT NULL,
-    external_id TEXT,
-    status TEXT NOT NULL,
-    messages TEXT,
-    changed_fields TEXT,
-    run_id TEXT,
-    PRIMARY KEY (batch_id, entity, file_index, row_number)
+    decided_at TIMESTAMPTZ,
+    row_log_run_id TEXT
 );
 
 CREATE TABLE IF NOT EXISTS import_run (
@@ -62,3 +50,7 @@ CREATE TABLE IF NOT EXISTS import_run_row (
     changed_fields TEXT,
     PRIMARY KEY (run_id, entity, file_index, row_number)
 );
+
+CREATE VIEW import_row AS
+SELECT r.batch_id, r.file_index, r.row_number, r.entity, r.external_id, r.status, r.messages, r.changed_fields, r.run_id
+FROM import_batch b JOIN import_run_row r ON r.run_id = b.row_log_run_id AND r.batch_id = b.batch_id;

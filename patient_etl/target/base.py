@@ -27,6 +27,7 @@ from patient_etl.target import SQL_DIR, TargetSchemaError, utc_now
 from patient_etl.target.schema import (
     AUDIT_COLUMNS,
     IMPORT_BATCH,
+    IMPORT_ROW,
     MIGRATION_TABLE,
     SCHEMA_MIGRATION,
     Column,
@@ -38,8 +39,8 @@ from patient_etl.target.schema import (
     stored_columns,
 )
 
-SCHEMA_DIFFERS = "target_schema_differs"
-DEFER_INDEXES_FROM_ROWS = 50_000  # new rows into an empty table from which its indexes are built after  # TargetSchemaError.code: a column to retype or a key to add by hand
+SCHEMA_DIFFERS = "target_schema_differs"  # TargetSchemaError.code: a column to retype or a key to add by hand
+DEFER_INDEXES_FROM_ROWS = 50_000  # new rows into an empty table from which its indexes are built after
 
 
 @dataclass
@@ -153,6 +154,10 @@ class Target:
         """The target's tables (not temporary ones), as its own catalog describes them."""
         raise NotImplementedError
 
+    def views(self, conn: sa.Connection) -> set[str]:
+        """The names of the target's views."""
+        raise NotImplementedError
+
     def same_type(self, logical: str, found: str) -> bool:
         """Whether a column the catalog describes as `found` holds the spec's `logical` type."""
         raise NotImplementedError
@@ -183,11 +188,39 @@ class Target:
                                     f"target but {self.TYPES[column.type]} in the spec")
             plan += [Migration(f"create index {i.name} on {table.name}", self.create_index_statement(table, i))
                      for i in table.indexes if i.name not in found.indexes]
+        if IMPORT_ROW.name in catalog:
+            plan += self._row_log_into_history(catalog[IMPORT_ROW.name])
+        elif IMPORT_ROW.name not in self.views(conn):
+            plan.append(Migration(f"create view {IMPORT_ROW.name}", IMPORT_ROW.create_statement()))
         if problems:
             raise TargetSchemaError(SCHEMA_DIFFERS, "the target's schema differs from the spec ("
                                     + "; ".join(problems) + "); a migration never retypes or drops a column: "
                                     "change the target by hand, then reprocess the batch")
         return plan
+
+    @staticmethod
+    def _row_log_into_history(found: TableCatalog) -> list[Migration]:
+        """An earlier release kept each batch's latest row log in a table `import_row` beside the
+        history: its rows go into the history (under their run, or one named after the batch where the
+        release recorded none), each batch points at them, and the table gives way to the view."""
+        def column(name: str) -> str:
+            return f"r.{name}" if name in found.columns else "NULL"
+
+        run = f"coalesce({column('run_id')}, 'import_row:' || r.batch_id)"
+        copied = ROW_LOG_COLUMNS
+        same = " AND ".join(f"h.{c} = r.{c}" for c in ("entity", "file_index", "row_number"))
+        return [
+            Migration("copy import_row into import_run_row",
+                      f"INSERT INTO import_run_row (run_id, {', '.join(copied)}) "
+                      f"SELECT {run}, {', '.join(column(c) for c in copied)} FROM import_row r "
+                      f"WHERE NOT EXISTS (SELECT 1 FROM import_run_row h WHERE h.run_id = {run} AND {same})"),
+            Migration("point import_batch.row_log_run_id at it",
+                      f"UPDATE import_batch SET row_log_run_id = (SELECT max({run}) FROM import_row r "
+                      "WHERE r.batch_id = import_batch.batch_id) "
+                      "WHERE batch_id IN (SELECT batch_id FROM import_row)"),
+            Migration("drop table import_row (its rows are in import_run_row)", "DROP TABLE import_row"),
+            Migration(f"create view {IMPORT_ROW.name}", IMPORT_ROW.create_statement()),
+        ]
 
     def migrate(self, conn: sa.Connection, entities: list[Entity]) -> list[Migration]:
         """On first use in a run: apply `plan_migration` in the caller's transaction and record each
@@ -489,20 +522,13 @@ class Target:
     def write_logs(self, conn: sa.Connection, duck: duckdb.DuckDBPyConnection, row_log_query: str,
                    batch_row: dict) -> None:
         """In the publish transaction: the run's row log and outcome into the history (`import_run_row`,
-        `import_run`), the batch's latest row log (`import_row`, replacing a previous run's) and its row."""
+        `import_run`) and the batch's row, which now names this run's row log as its latest (`import_row`)."""
         run_id, batch_id = batch_row["run_id"], batch_row["batch_id"]
         rows = f"SELECT '{run_id}' AS run_id, * FROM ({row_log_query}) ORDER BY entity, file_index, row_number"
         self.load(conn, duck, rows, "import_run_row", ["run_id", *ROW_LOG_COLUMNS])
-        conn.execute(sa.text("DELETE FROM import_row WHERE batch_id = :b"), {"b": batch_id})
-        self.load_latest_rows(conn, duck, rows, run_id)
         self.write_batch_row(conn, batch_row)
-
-    def load_latest_rows(self, conn: sa.Connection, duck: duckdb.DuckDBPyConnection, rows: str, run_id: str) -> None:
-        """`import_row` gets the run's row log just loaded into `import_run_row` (`rows` is its query)."""
-        columns = ", ".join(ROW_LOG_COLUMNS)
-        conn.execute(sa.text(f"INSERT INTO import_row ({columns}, run_id) SELECT {columns}, run_id "
-                             "FROM import_run_row WHERE run_id = :r ORDER BY entity, file_index, row_number"),
-                     {"r": run_id})
+        conn.execute(sa.text("UPDATE import_batch SET row_log_run_id = :r WHERE batch_id = :b"),
+                     {"r": run_id, "b": batch_id})
 
     def record_batch(self, batch_row: dict, entities: list[Entity]) -> None:
         """A batch log row alone, in a transaction of its own (a batch that failed before publish). The

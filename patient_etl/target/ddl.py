@@ -29,7 +29,8 @@ UPSERT = ("-- Publish runs it per batch: incoming_/outcome_ are its temporary ta
 def generated_files() -> dict[str, str]:
     """sql/ file name -> its text."""
     ddl = PostgresTarget.create_table_sql
-    files = {"create_import_log.sql": "\n".join(ddl(t) for t in (IMPORT_BATCH, IMPORT_ROW, IMPORT_RUN, IMPORT_RUN_ROW)),
+    files = {"create_import_log.sql": "\n".join([*(ddl(t) for t in (IMPORT_BATCH, IMPORT_RUN, IMPORT_RUN_ROW)),
+                                                  IMPORT_ROW.create_statement() + ";\n"]),
              "create_schema_migration.sql": ddl(SCHEMA_MIGRATION),
              "create_possible_duplicate.sql": ddl(POSSIBLE_DUPLICATE)}
     for entity in ENTITIES.values():

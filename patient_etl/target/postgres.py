@@ -10,7 +10,7 @@ import duckdb
 import sqlalchemy as sa
 
 from patient_etl.duck import csv_blocks
-from patient_etl.target.base import ROW_LOG_COLUMNS, TableCatalog, Target
+from patient_etl.target.base import TableCatalog, Target
 
 
 class PostgresTarget(Target):
@@ -56,6 +56,10 @@ class PostgresTarget(Target):
             indexes.setdefault(table, set()).add(index)
         return {t: TableCatalog(cols, frozenset(indexes.get(t, ()))) for t, cols in columns.items()}
 
+    def views(self, conn: sa.Connection) -> set[str]:
+        return {r[0] for r in conn.exec_driver_sql(
+            "SELECT table_name FROM information_schema.views WHERE table_schema = current_schema()")}
+
     def same_type(self, logical: str, found: str) -> bool:
         return found in self.CATALOG_TYPES[logical]
 
@@ -72,11 +76,6 @@ class PostgresTarget(Target):
                 contextlib.closing(csv_blocks(duck, query)) as blocks:
             for block in blocks:
                 copy.write(block)
-
-    def load_latest_rows(self, conn: sa.Connection, duck: duckdb.DuckDBPyConnection, rows: str, run_id: str) -> None:
-        # Loaded again from DuckDB rather than copied from the history: reading 1M rows back through
-        # the history's key, sorting and inserting them took 3.4-5.9 s; a second COPY, 2-3 s.
-        self.load(conn, duck, rows, "import_row", ["run_id", *ROW_LOG_COLUMNS])
 
     def _fetch_csv(self, conn: sa.Connection, query: str, path: Path) -> None:
         cursor = conn.connection.driver_connection.cursor()

@@ -97,6 +97,9 @@ class SqliteTarget(Target):
             for table in tables
         }
 
+    def views(self, conn: sa.Connection) -> set[str]:
+        return {r[0] for r in conn.exec_driver_sql("SELECT name FROM sqlite_master WHERE type = 'view'")}
+
     def same_type(self, logical: str, found: str) -> bool:
         return affinity(found) == affinity(self.TYPES[logical])
 
