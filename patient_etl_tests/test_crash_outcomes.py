@@ -15,7 +15,8 @@ import sys
 import sqlalchemy as sa
 
 from patient_etl.cli import run_batch
-from patient_etl.target import KILL_AFTER_COMMIT
+from patient_etl.entities import ENTITIES
+from patient_etl.target import KILL_AFTER_COMMIT, open_target
 from patient_etl_tests.conftest import query, read_results, write_csv
 
 HEADER = "Patient ID,First Name,Last Name,DOB,Sex"
@@ -63,11 +64,11 @@ def test_a_crash_right_after_the_commit_reports_what_the_commit_did(tmp_path, pg
 def test_a_publish_that_fails_writing_its_logs_leaves_no_errors_files(tmp_path, pg_etl, home, run_import):
     # The errors files are written beside the logs' load: when that load fails, none is left behind
     # (neither linked into place nor half-written), and the reprocess writes them.
-    url = pg_etl.target_url
-    first = run_import(write_csv(tmp_path / "first.csv", HEADER, *ROWS), pg_etl)
-    assert first["status"] == "Finished with Errors"
-    results = home / "results"
-    assert sorted(p.suffix for p in results.glob("*first_errors*")) == [".csv", ".xlsx"]
+    url, results = pg_etl.target_url, home / "results"
+    target = open_target(url)
+    with target.begin() as conn:  # the target's tables, as a first import would create them
+        target.migrate(conn, list(ENTITIES.values()))
+    target.dispose()
     engine = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
     with engine.begin() as conn:  # the target refuses the history's rows, as a full disk would
         conn.exec_driver_sql("CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS "
@@ -75,10 +76,10 @@ def test_a_publish_that_fails_writing_its_logs_leaves_no_errors_files(tmp_path, 
         conn.exec_driver_sql("CREATE TRIGGER refuse BEFORE INSERT ON import_run_row "
                              "FOR EACH STATEMENT EXECUTE FUNCTION refuse()")
     rows = [*ROWS, "P5,Ed,Poe,1975-13-40,M"]
-    failed = run_import(write_csv(tmp_path / "second.csv", HEADER, *rows), pg_etl)
+    failed = run_import(write_csv(tmp_path / "roster.csv", HEADER, *rows), pg_etl)
     assert failed["status"] == "Failed", failed
-    assert query(url, "SELECT count(*) FROM member") == [(3,)]
-    left = sorted(p.name for p in results.iterdir() if "second" in p.name)
+    assert query(url, "SELECT count(*) FROM member") == [(0,)]
+    left = sorted(p.name for p in results.iterdir() if "roster" in p.name)
     assert [n for n in left if "errors" in n or n.endswith(".writing")] == [], left
 
     with engine.begin() as conn:
@@ -86,7 +87,7 @@ def test_a_publish_that_fails_writing_its_logs_leaves_no_errors_files(tmp_path, 
     engine.dispose()
     again = run_batch(failed["batch_id"], pg_etl)
     assert again["status"] == "Finished with Errors"
-    written = sorted(results.glob("*second_errors*"))
+    written = sorted(results.glob("*roster_errors*"))
     assert [p.suffix for p in written] == [".csv", ".xlsx"]
     assert [line.split(",")[0] for line in written[0].read_text().splitlines()[1:]] == ["P4", "P5"]
     assert not [p for p in results.iterdir() if p.name.endswith(".writing")]
