@@ -207,12 +207,11 @@ class Target:
             return f"r.{name}" if name in found.columns else "NULL"
 
         run = f"coalesce({column('run_id')}, 'import_row:' || r.batch_id)"
-        copied = ROW_LOG_COLUMNS
         same = " AND ".join(f"h.{c} = r.{c}" for c in ("entity", "file_index", "row_number"))
         return [
             Migration("copy import_row into import_run_row",
-                      f"INSERT INTO import_run_row (run_id, {', '.join(copied)}) "
-                      f"SELECT {run}, {', '.join(column(c) for c in copied)} FROM import_row r "
+                      f"INSERT INTO import_run_row (run_id, {', '.join(ROW_LOG_COLUMNS)}) "
+                      f"SELECT {run}, {', '.join(column(c) for c in ROW_LOG_COLUMNS)} FROM import_row r "
                       f"WHERE NOT EXISTS (SELECT 1 FROM import_run_row h WHERE h.run_id = {run} AND {same})"),
             Migration("point import_batch.row_log_run_id at it",
                       f"UPDATE import_batch SET row_log_run_id = (SELECT max({run}) FROM import_row r "

@@ -114,7 +114,6 @@ LOG_TABLES = (IMPORT_BATCH, IMPORT_RUN, IMPORT_RUN_ROW)
 @dataclass(frozen=True)
 class View:
     name: str
-    columns: tuple[str, ...]
     query: str
 
     def create_statement(self) -> str:
@@ -122,13 +121,12 @@ class View:
 
 
 # Each batch's latest row log, as `import_row` has always answered: the rows its last publishing run
-# wrote to the history. A view, not a copy: a second 1M-row load in every publish (2-8 s) it was.
+# wrote to the history. A view, not a copy: the copy was a second load of every row log (2-8 s of a
+# 1M-row publish). An earlier release's table of that name is migrated into the history.
 _ROW_LOG_VIEW_COLUMNS = ("batch_id", "file_index", "row_number", "entity", *(c.name for c in _ROW), "run_id")
-IMPORT_ROW = View("import_row", _ROW_LOG_VIEW_COLUMNS, (
+IMPORT_ROW = View("import_row", (
     "SELECT " + ", ".join(f"r.{c}" for c in _ROW_LOG_VIEW_COLUMNS) + "\n"
     "FROM import_batch b JOIN import_run_row r ON r.run_id = b.row_log_run_id AND r.batch_id = b.batch_id"))
-# What an earlier release kept as a table of its own, with its primary key: migrated into the history.
-IMPORT_ROW_TABLE_KEY = ("batch_id", "entity", "file_index", "row_number")
 
 # Possible-duplicate members for a person to review (patient_etl/linkage): one row per pair of member IDs
 # (`member_id_a` < `member_id_b`), kept across runs; IDs, probability and field names only, no values.
