@@ -38,6 +38,24 @@ def memory_limit() -> str:
     return value
 
 
+_UNITS = {"b": 1, "kb": 1000, "kib": 1024, "mb": 1000**2, "mib": 1024**2, "gb": 1000**3, "gib": 1024**3,
+          "tb": 1000**4, "tib": 1024**4}
+
+
+@contextlib.contextmanager
+def sharing_memory(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """Half the memory limit for `con` while another process does the heavy work (Great Expectations
+    in the validator, ~330 MB): DuckDB evicts its cached pages down to it, and reads them back from
+    the file as it needs them. A 10M-row batch's checked rows kept the run process at the full limit
+    beside the validator: the import's peak."""
+    amount, unit = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([a-z]+)", memory_limit().lower()).groups()
+    con.execute(f"SET memory_limit = '{int(float(amount) * _UNITS[unit]) // 2}B'")
+    try:
+        yield
+    finally:
+        con.execute(f"SET memory_limit = '{memory_limit()}'")
+
+
 def out_of_memory(step: str) -> str:
     """What a step that DuckDB stopped at its memory limit says (DuckDB's own text is sizes only, but
     the operator it names is no help to the reader)."""

@@ -34,11 +34,12 @@ def row_checks(context: dg.AssetExecutionContext, etl: PatientEtl,
         batch = etl.registry().require(context.partition_key)
         mapping = load_mapping(batch.mapping) if batch.mapping else None
         checker = row_check_validator.process()
-        for name in workspace.staged_entities():
+        names = workspace.staged_entities()
+        for name in names:
             relaxed = mapping.relaxed(name) if mapping else frozenset()
             other_dates = mapping.not_month_first(name) if mapping else frozenset()
-            summaries.append(run_row_checks(db, ENTITIES[name], checker, relaxed, other_dates))
-        checker.release()
+            summaries.append(run_row_checks(db, ENTITIES[name], checker, relaxed, other_dates, last=name == names[-1]))
+        checker.release()  # done already after the last entity's validation, unless it had no rules
     etl.registry().set_status(batch, "Checked")
     top = []
     for s in summaries:
