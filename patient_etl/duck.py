@@ -27,19 +27,21 @@ class SettingError(ValueError):
     """A setting of the environment that cannot be used; the message names it."""
 
 
+# DuckDB's units of memory, the only ones a limit is accepted in.
+_UNITS = {"b": 1, "kb": 1000, "kib": 1024, "mb": 1000**2, "mib": 1024**2, "gb": 1000**3, "gib": 1024**3,
+          "tb": 1000**4, "tib": 1024**4}
+_AMOUNT = re.compile(r"(\d+(?:\.\d+)?)\s*(" + "|".join(_UNITS) + ")", re.IGNORECASE)
+
+
 def memory_limit() -> str:
     """The memory one DuckDB database may hold, beyond which it evicts its file's pages and spills its
     intermediates into the home. DuckDB's own default is 80% of the machine: a stage database kept the
     pages it wrote cached, so a batch's peak grew with its size (1.1 GB in the publish of 1M rows);
     bounded, it does not."""
     value = os.environ.get(MEMORY_LIMIT, "").strip() or DEFAULT_MEMORY_LIMIT
-    if not re.fullmatch(r"\d+(\.\d+)?\s*(B|KB|KiB|MB|MiB|GB|GiB|TB|TiB)", value, re.IGNORECASE):
+    if not _AMOUNT.fullmatch(value):
         raise SettingError(f"{MEMORY_LIMIT} must be an amount of memory such as 512MB or 2GB, not {value!r}")
     return value
-
-
-_UNITS = {"b": 1, "kb": 1000, "kib": 1024, "mb": 1000**2, "mib": 1024**2, "gb": 1000**3, "gib": 1024**3,
-          "tb": 1000**4, "tib": 1024**4}
 
 
 @contextlib.contextmanager
@@ -48,8 +50,8 @@ def sharing_memory(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
     in the validator, ~330 MB): DuckDB evicts its cached pages down to it, and reads them back from
     the file as it needs them. A 10M-row batch's checked rows kept the run process at the full limit
     beside the validator: the import's peak."""
-    amount, unit = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([a-z]+)", memory_limit().lower()).groups()
-    con.execute(f"SET memory_limit = '{int(float(amount) * _UNITS[unit]) // 2}B'")
+    amount, unit = _AMOUNT.fullmatch(memory_limit()).groups()
+    con.execute(f"SET memory_limit = '{int(float(amount) * _UNITS[unit.lower()]) // 2}B'")
     try:
         yield
     finally:
