@@ -160,6 +160,19 @@ def _build_row_log(db: StageDb, batch_id: str, entities: list[Entity]) -> None:
     db.con.execute(f"CREATE OR REPLACE TABLE {ROW_LOG} AS " + " UNION ALL ".join(selects))
 
 
+@dataclass
+class _ErrorsFile:
+    """One file's errors CSV and workbook: what to write, where, and where it goes."""
+    entity: str
+    headers: list[tuple[int, str, str | None]]
+    csv_query: str
+    xlsx_query: str
+    csv_tmp: Path
+    csv_final: Path
+    xlsx_tmp: Path
+    xlsx_final: Path
+
+
 class _ErrorsFiles:
     """The batch's errors files (a CSV and a workbook for each file with errored rows), written from the
     final row log on a thread of their own while the publish loads its logs and commits (the workbook is
@@ -169,14 +182,14 @@ class _ErrorsFiles:
 
     def __init__(self, home: Home, db: StageDb, batch: Batch, label: str):
         self.error: BaseException | None = None
-        self.written: list[tuple[Path, Path, Path, Path]] = []  # (csv tmp, csv name, xlsx tmp, xlsx name)
+        self.linked = False
         # What to write, read here: the thread touches only its own cursor, never the publish's connection.
-        self.jobs = []
-        files = db.con.execute(
+        self.files: list[_ErrorsFile] = []
+        found = db.con.execute(
             f"SELECT f.file_index, f.name, f.entity FROM {db.batch_files} f WHERE EXISTS "
             f"(SELECT 1 FROM {ROW_LOG} r WHERE r.file_index = f.file_index AND r.status = 'Errored') ORDER BY 1"
         ).fetchall()
-        for file_index, name, entity in files:
+        for file_index, name, entity in found:
             if entity not in ENTITIES:  # a file a SQL template reads: its rows were transformed, not echoed
                 continue
             headers = db.con.execute(
@@ -184,14 +197,14 @@ class _ErrorsFiles:
                 [file_index],
             ).fetchall()
             base = f"{batch.received_on.isoformat()}_{results.safe_stem(name)}{label}_errors"
+            csv_query, xlsx_query = (
+                results.errors_query(db.raw(file_index), headers, ROW_LOG, file_index, entity=entity,
+                                     neutralized=neutralized, rejected=db.rejected(file_index))
+                for neutralized in (True, False))
             # Two files of a batch may share a name: each one's temporary files are its own.
-            csv_tmp, csv_final = results.claim_name(home.results, base, part=file_index)
-            xlsx_tmp, xlsx_final = results.claim_name(home.results, base, ".xlsx", part=file_index)
-            self.written.append((csv_tmp, csv_final, xlsx_tmp, xlsx_final))
-            queries = [results.errors_query(db.raw(file_index), headers, ROW_LOG, file_index, entity=entity,
-                                            neutralized=neutralized, rejected=db.rejected(file_index))
-                       for neutralized in (True, False)]
-            self.jobs.append((entity, headers, queries, csv_tmp, xlsx_tmp))
+            self.files.append(_ErrorsFile(entity, headers, csv_query, xlsx_query,
+                                          *results.claim_name(home.results, base, part=file_index),
+                                          *results.claim_name(home.results, base, ".xlsx", part=file_index)))
         self.cursor = db.con.cursor()  # DuckDB: a connection object serves one thread at a time
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._write, name="errors-files", daemon=True)
@@ -206,17 +219,19 @@ class _ErrorsFiles:
             self.cursor.interrupt()
         self.thread.join()
         self.cursor.close()
-        for csv_tmp, _, xlsx_tmp, _ in self.written:  # anything not linked into place
-            csv_tmp.unlink(missing_ok=True)
-            xlsx_tmp.unlink(missing_ok=True)
+        if not self.linked:
+            for file in self.files:
+                file.csv_tmp.unlink(missing_ok=True)
+                file.xlsx_tmp.unlink(missing_ok=True)
 
     def _write(self) -> None:
         try:
-            for entity, headers, (csv_query, xlsx_query), csv_tmp, xlsx_tmp in self.jobs:
+            for file in self.files:
                 if self.stop.is_set():
                     return
-                results.write_errors_csv(self.cursor, csv_query, headers, csv_tmp)
-                results.write_errors_xlsx(self.cursor, xlsx_query, entity, headers, xlsx_tmp, stop=self.stop)
+                results.write_errors_csv(self.cursor, file.csv_query, file.headers, file.csv_tmp)
+                results.write_errors_xlsx(self.cursor, file.xlsx_query, file.entity, file.headers, file.xlsx_tmp,
+                                          stop=self.stop)
         except BaseException as error:  # raised in the publish's thread, by link_into_place
             self.error = error
 
@@ -226,9 +241,10 @@ class _ErrorsFiles:
         if self.error is not None:
             raise self.error
         linked = []
-        for csv_tmp, csv_final, xlsx_tmp, xlsx_final in self.written:
-            csv_file = results.link_into_place(csv_tmp, csv_final)
+        for file in self.files:
+            csv_file = results.link_into_place(file.csv_tmp, file.csv_final)
             # The workbook is named after the CSV (`..._errors-2.xlsx` beside `..._errors-2.csv`).
-            linked += [str(csv_file), str(results.link_into_place(xlsx_tmp, xlsx_final.with_stem(csv_file.stem)))]
-        self.written = []
+            xlsx_file = results.link_into_place(file.xlsx_tmp, file.xlsx_final.with_stem(csv_file.stem))
+            linked += [str(csv_file), str(xlsx_file)]
+        self.linked = True
         return linked
