@@ -39,7 +39,6 @@ def row_checks(context: dg.AssetExecutionContext, etl: PatientEtl,
             relaxed = mapping.relaxed(name) if mapping else frozenset()
             other_dates = mapping.not_month_first(name) if mapping else frozenset()
             summaries.append(run_row_checks(db, ENTITIES[name], checker, relaxed, other_dates, last=name == names[-1]))
-        checker.release()  # the last entity's checks released it already; for a batch with none (harmless twice)
     etl.registry().set_status(batch, "Checked")
     top = []
     for s in summaries:
