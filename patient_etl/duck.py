@@ -44,14 +44,18 @@ def memory_limit() -> str:
     return value
 
 
+def memory_limit_bytes() -> int:
+    amount, unit = _AMOUNT.fullmatch(memory_limit()).groups()
+    return int(float(amount) * _UNITS[unit.lower()])
+
+
 @contextlib.contextmanager
 def sharing_memory(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
     """Half the memory limit for `con` while another process does the heavy work (Great Expectations
     in the validator, ~330 MB): DuckDB evicts its cached pages down to it, and reads them back from
     the file as it needs them. A 10M-row batch's checked rows kept the run process at the full limit
     beside the validator: the import's peak."""
-    amount, unit = _AMOUNT.fullmatch(memory_limit()).groups()
-    con.execute(f"SET memory_limit = '{int(float(amount) * _UNITS[unit.lower()]) // 2}B'")
+    con.execute(f"SET memory_limit = '{memory_limit_bytes() // 2}B'")
     try:
         yield
     finally:

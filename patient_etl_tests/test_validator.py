@@ -8,6 +8,7 @@ the batch it failed ends Failed with the one failure path, and the next batch ge
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import pickle
 import signal
@@ -21,6 +22,7 @@ import pytest
 
 from patient_etl.cli import import_batch
 from patient_etl.quality import validator as validators
+from patient_etl.resources import PatientEtl
 from patient_etl_tests.conftest import read_results, write_csv
 
 HEADER = "Patient ID,First Name,Last Name,DOB,Sex"
@@ -79,6 +81,74 @@ def test_a_validator_dying_mid_batch_fails_the_batch_and_the_next_one_runs(tmp_p
     fine = import_batch([str(write_csv(tmp_path / "b.csv", HEADER, *ROWS))], etl)
     assert fine["status"] == "Finished with Errors"
     assert _outcome(fine) == [("P1", "Created"), ("P2", "Created"), ("P3", "Errored")]
+
+
+def _until_gone(pid: int) -> None:
+    """Process `pid` has ended (reaped, or a zombie its parent has yet to reap)."""
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            return
+        if state == "Z":
+            return
+        assert time.monotonic() < deadline, f"process {pid} still runs"
+        time.sleep(0.05)
+
+
+def _started_at(pid: int) -> dt.datetime:
+    """When process `pid` started (/proc: clock ticks after boot)."""
+    ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime"))
+    return dt.datetime.fromtimestamp(boot + ticks / os.sysconf("SC_CLK_TCK"), dt.UTC)
+
+
+def test_a_batch_larger_than_duckdbs_limit_starts_its_validator_when_the_checks_need_it(tmp_path, etl, monkeypatch,
+                                                                                         fresh_validator):
+    """Staging a batch larger than DuckDB's memory limit fills it: the validator prewarmed as the run
+    started (GX imported, idle) goes, and the row checks start another inside their halved limit. A
+    smaller batch keeps the prewarmed one."""
+    monkeypatch.setenv(validators.IDLE_SECONDS, "0")
+    monkeypatch.setenv("PATIENT_ETL_DUCKDB_MEMORY", "96MB")  # DuckDB's CSV reader wants ~50 MB of it
+    validators.prewarm()
+    prewarmed = validators.validator()
+    prewarmed._ready()
+    small = import_batch([str(write_csv(tmp_path / "small.csv", HEADER, *ROWS))], etl)
+    assert _outcome(small) == [("P1", "Created"), ("P2", "Created"), ("P3", "Errored")]
+    assert validators.validator() is prewarmed and prewarmed.alive()
+
+    # 72,000 rows of ~1.4 kB (first names padded with blanks, which normalizing trims): ~103 MB.
+    pad = " " * 1400
+    rows = [f"Q{i},Ann{pad},Lee,1980-01-{1 + i % 28:02},F" for i in range(72_000)]
+    rows[5] = "Q5,Ann,Lee,1980-02-30,F"
+    big = write_csv(tmp_path / "big.csv", HEADER, *rows)
+    assert big.stat().st_size > 96_000_000
+    result = import_batch([str(big)], PatientEtl(home=etl.home, linkage="off"))  # 72,000 of one name
+    assert result["status"] == "Finished with Errors", result.get("reason")
+    assert result["counts"] == {"Created": 71_999, "Updated": 0, "Unchanged": 0, "Errored": 1}
+    _until_gone(prewarmed.pid)
+    checks = validators.validator()  # 72,000 rows checked: under LARGE_ROWS, so kept
+    assert checks is not prewarmed and checks.alive() and checks.pid != prewarmed.pid
+    staged_at = next(h["at"] for h in etl.registry().require(result["batch_id"]).history if h["status"] == "Staged")
+    assert _started_at(checks.pid) >= dt.datetime.fromisoformat(staged_at)
+
+
+@pytest.mark.parametrize("idle", ["60", "0"], ids=["shared", "private"])
+def test_parking_ends_an_idle_validator_and_the_next_one_starts_when_asked(monkeypatch, idle, fresh_validator):
+    monkeypatch.setenv(validators.IDLE_SECONDS, idle)
+    validators.prewarm()
+    warm = validators.validator()
+    warm._ready()
+    validators.park(96_000_000)  # within the default 512MB: kept
+    assert validators.validator() is warm and warm.alive()
+    validators.park(600_000_000)
+    assert not warm.alive()
+    _until_gone(warm.pid)
+    later = validators.validator()
+    assert later is not warm and later.alive() and later.pid is None and later.process is None  # not started
+    later._ready()
+    assert later.pid not in (None, warm.pid) and later.alive()
 
 
 def _connect() -> socket.socket:

@@ -15,11 +15,13 @@ meanwhile); a worker exits when its run closes the connection or ends.
 the run starts (`prewarm()`, also called by the `patient-etl` command before it imports Dagster), so GX
 is imported on the other core while the run lands and stages the batch.
 
-Either way one validator serves a process's runs in turn and is started again if it died. Messages
-are pickled over the connection (the child points its own stdout at stderr, so nothing GX prints can
-garble a reply). Frames go as Arrow tables; replies carry rule indexes and row ids only. Nothing is
-written to disk. A child's error comes back as its traceback, raised here as a `ValidatorError` (the
-step's `phi_safe` keeps such text out of Dagster).
+Either way a batch larger than DuckDB's memory limit lets its prewarmed validator go as its staging
+begins (`park`), and its row checks start another when GX first needs it. One validator serves a
+process's runs in turn and is started again if it died. Messages are pickled over the connection (the
+child points its own stdout at stderr, so nothing GX prints can garble a reply). Frames go as Arrow
+tables; replies carry rule indexes and row ids only. Nothing is written to disk. A child's error comes
+back as its traceback, raised here as a `ValidatorError` (the step's `phi_safe` keeps such text out of
+Dagster).
 """
 
 from __future__ import annotations
@@ -100,7 +102,19 @@ class Validator:
         self.requests: IO[bytes] | None = None
         self.replies: IO[bytes] | None = None
         self.closed = False
+        self.started = False
         self.idle = idle_seconds()
+
+    @property
+    def shared(self) -> bool:
+        return self.idle > 0
+
+    def start(self) -> None:
+        """Start the private child, or connect to the shared server (starting it when none listens):
+        `prewarm` does it as the run starts; otherwise the first request does."""
+        if self.started or self.closed:
+            return
+        self.started = True
         if self.idle == 0:
             self.process = subprocess.Popen([sys.executable, "-P", "-m", "patient_etl.quality.validator"],
                                             env=_child_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -108,10 +122,6 @@ class Validator:
             self.requests, self.replies, self.pid = self.process.stdin, self.process.stdout, self.process.pid
         elif not self._connect():
             self.process = _start_server(self.idle)  # connected to when first asked, once it listens
-
-    @property
-    def shared(self) -> bool:
-        return self.idle > 0
 
     def _connect(self) -> bool:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -134,6 +144,7 @@ class Validator:
     def _ready(self) -> None:
         if self.closed:
             raise ValidatorError("the row-check validator was stopped")
+        self.start()
         if self.requests is not None:
             return
         deadline, restarted = time.monotonic() + START_TIMEOUT, False
@@ -152,6 +163,8 @@ class Validator:
     def alive(self) -> bool:
         if self.closed:
             return False
+        if not self.started:
+            return True  # it starts when asked
         if not self.shared:
             return self.process.poll() is None
         if self.sock is None:
@@ -222,7 +235,8 @@ _starting = threading.Lock()
 
 
 def validator() -> Validator:
-    """This process's validator, started (or connected to again) when needed."""
+    """This process's validator: a handle started by `prewarm`, else by its first request (and replaced
+    once it has ended)."""
     global _validator
     with _starting:
         if _validator is None or not _validator.alive():
@@ -232,7 +246,23 @@ def validator() -> Validator:
 
 def prewarm() -> None:
     """Reach the validator now: connected to the shared one, or one started to import GX meanwhile."""
-    validator()
+    validator().start()
+
+
+def park(batch_bytes: int) -> None:
+    """A batch larger than DuckDB's memory limit is about to be staged: staging fills the limit, and the
+    validator prewarmed beside it (~230 MB once GX is imported, idle until the row checks) was a 10M-row
+    import's peak. An idle validator goes; the row checks start another when GX first needs it, inside
+    their halved limit (`duck.sharing_memory`): ~3 s of GX import on a batch that takes minutes."""
+    from patient_etl.duck import memory_limit_bytes  # not before prewarm: duckdb's import costs ~0.1 s
+
+    global _validator
+    if batch_bytes <= memory_limit_bytes():
+        return
+    with _starting:
+        if _validator is not None and not _validator.lock.locked():
+            _validator.stop()
+            _validator = None
 
 
 def _freeze_heap() -> None:
