@@ -17,6 +17,8 @@ import datetime as dt
 import json
 import os
 import re
+import shutil
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -252,8 +254,13 @@ def write_errors_xlsx(duck: duckdb.DuckDBPyConnection, query: str, entity: str,
 
     labels = {c.name: c.label for c in ENTITIES[entity].columns()} if entity in ENTITIES else {}
     echoed = echoed_headers(headers)
-    workbook = xlsxwriter.Workbook(str(tmp), {"constant_memory": True, "strings_to_formulas": False,
-                                              "strings_to_numbers": False, "strings_to_urls": False})
+    # xlsxwriter writes each sheet's rows, then each part of the package, to temporary files: by default
+    # in the system's temporary folder, the partner's cells in clear. Here beside the workbook, in a
+    # folder named for this process (batches.LEFTOVER: a killed writer's is removed at the next start).
+    scratch = Path(tempfile.mkdtemp(prefix=".xlsxwriter-", suffix=f".{os.getpid()}.tmp", dir=tmp.parent))
+    workbook = xlsxwriter.Workbook(str(tmp), {"constant_memory": True, "tmpdir": str(scratch),
+                                              "strings_to_formulas": False, "strings_to_numbers": False,
+                                              "strings_to_urls": False})
     try:
         bold = workbook.add_format({"bold": True})
         bad = workbook.add_format({"bg_color": "#FFC7CE", "font_color": "#9C0006"})
@@ -285,4 +292,7 @@ def write_errors_xlsx(duck: duckdb.DuckDBPyConnection, query: str, entity: str,
                         sheet.write_string(line, j, value)
                 sheet.write_string(line, len(echoed), messages or "")
     finally:
-        workbook.close()
+        try:
+            workbook.close()
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)

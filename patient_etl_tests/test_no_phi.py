@@ -1,7 +1,8 @@
-"""No patient name, birth date or SSN reaches Dagster's event log or a run's output.
+"""No patient name, birth date or SSN reaches Dagster's event log, a run's output, or a file outside the home.
 
 Dagster's event log and console are read by people and tools that are not cleared for PHI; the
-results files and the target are the only places row values belong.
+results files and the target are the only places row values belong, and a run's temporary files are
+kept inside PATIENT_ETL_HOME (private to its owner, swept of a killed process's leftovers).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import dagster as dg
 
@@ -48,3 +50,38 @@ def test_cli_output_holds_no_phi(tmp_path, home):
     assert "Finished with Errors" in run.stdout
     for value in PHI:
         assert value not in run.stdout and value not in run.stderr, f"PHI value #{PHI.index(value)} in output"
+
+
+_writes: list[str] | None = None  # while a test records: every path this process opens to write
+_hooked = False
+
+
+def _record_writes(event: str, args: tuple) -> None:
+    if _writes is None or event != "open" or not isinstance(args[0], (str, bytes, os.PathLike)):
+        return
+    path, mode, flags = args
+    if (isinstance(mode, str) and set(mode) & set("wax+")) or (flags and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT)):
+        _writes.append(os.path.abspath(os.fsdecode(path)))
+
+
+def test_a_run_writes_no_file_outside_the_home(tmp_path, home, etl):
+    """Every file the run's process opens to write is inside the home: the errors workbook's writer put
+    each sheet's rows (the partner's cells) in the system's temporary folder."""
+    global _writes, _hooked
+    if not _hooked:
+        sys.addaudithook(_record_writes)  # for the session (a hook cannot be removed); idle unless recording
+        _hooked = True
+    roster = _roster(tmp_path)
+    _writes = []
+    try:
+        outcome = import_batch([str(roster)], etl)
+        written = _writes
+    finally:
+        _writes = None
+    assert outcome["status"] == "Finished with Errors"
+    results = home / "results"
+    assert [p.suffix for p in sorted(results.glob("*_errors.*"))] == [".csv", ".xlsx"]
+    assert any(".xlsx." in w and w.endswith(".writing") for w in written)  # the workbook's writing was seen
+    outside = sorted({w for w in written if not Path(w).is_relative_to(home) and w != os.devnull})
+    assert outside == []
+    assert not [p for p in results.iterdir() if p.name.startswith(".")]  # its scratch folder removed too
