@@ -50,16 +50,16 @@ def test_connect_applies_the_limit(monkeypatch, value, expected):
     reference.close()
 
 
-@pytest.mark.parametrize("value, full, half", [("512MB", "488.2 MiB", "244.1 MiB"), ("1.5GiB", "1.5 GiB", "768.0 MiB")])
-def test_while_the_validator_works_a_database_holds_half_its_limit(monkeypatch, value, full, half):
-    """The row checks' database during GX (`sharing_memory`): half, then the whole limit again, however
-    the validation ends."""
+@pytest.mark.parametrize("value, full, part", [("512MB", "488.2 MiB", "122.0 MiB"), ("1.5GiB", "1.5 GiB", "384.0 MiB")])
+def test_while_the_validator_works_a_database_holds_a_quarter_of_its_limit(monkeypatch, value, full, part):
+    """The row checks' database during GX (`sharing_memory`): a quarter, then the whole limit again,
+    however the validation ends."""
     monkeypatch.setenv(duck.MEMORY_LIMIT, value)
     con = duck.connect()
     limit = "SELECT current_setting('memory_limit')"
     assert duck.scalar(con, limit) == full
     with pytest.raises(RuntimeError), duck.sharing_memory(con):
-        assert duck.scalar(con, limit) == half
+        assert duck.scalar(con, limit) == part
         raise RuntimeError("the validator ended")
     assert duck.scalar(con, limit) == full
     con.close()

@@ -253,7 +253,7 @@ def park(batch_bytes: int) -> None:
     """A batch larger than DuckDB's memory limit is about to be staged: staging fills the limit, and the
     validator prewarmed beside it (~230 MB once GX is imported, idle until the row checks) was a 10M-row
     import's peak. An idle validator goes; the row checks start another when GX first needs it, inside
-    their halved limit (`duck.sharing_memory`): ~3 s of GX import on a batch that takes minutes."""
+    their reduced limit (`duck.sharing_memory`): ~3 s of GX import on a batch that takes minutes."""
     from patient_etl.duck import memory_limit_bytes  # not before prewarm: duckdb's import costs ~0.1 s
 
     global _validator
