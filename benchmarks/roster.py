@@ -248,6 +248,7 @@ class TreeRss:
     def __init__(self, pid: int, interval: float = 0.1):
         self.pid, self.interval, self.peak_kb = pid, interval, 0
         self.at_peak: dict[str, int] = {}
+        self.peak_time = 0.0  # time.time() at the peak
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -286,7 +287,7 @@ class TreeRss:
                 except OSError:
                     pass
             if sum(held.values()) > self.peak_kb:
-                self.peak_kb, self.at_peak = sum(held.values()), held
+                self.peak_kb, self.at_peak, self.peak_time = sum(held.values()), held, time.time()
             self._stop.wait(self.interval)
 
 
@@ -323,6 +324,19 @@ def step_durations(stderr: str, home: Path | None = None, run_id: str | None = N
     steps = {name: float(v) * _UNITS[u] for name, v, u in _DURATION.findall(stderr)}
     total = _IN_PROCESS.search(stderr)
     return steps, (float(total.group(1)) * _UNITS[total.group(2)] if total else None)
+
+
+def peak_step(home: Path, run_id: str | None, when: float) -> str | None:
+    """The step of the run (by default the home's last) under way at `when`, from the home's instance."""
+    if not (home / "dagster" / "dagster.yaml").exists():
+        return None
+    import dagster as dg
+
+    with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:
+        run_id = run_id or next((r.run_id for r in instance.get_runs(limit=1)), None)  # the import just run
+        stats = instance.get_run_step_stats(run_id) if run_id else []
+    return next((s.step_key for s in stats if s.start_time and s.end_time and s.start_time <= when <= s.end_time),
+                "no step (startup, between steps or exit)")
 
 
 @dataclass
@@ -373,7 +387,8 @@ def run_import(path: Path, home: Path, target_url: str | None, log: Path, profil
 
 def measured(command: list[str], env: dict, log: Path) -> tuple:
     """Run `command` (under GNU time when present) with its process tree's RSS sampled; stderr goes to
-    `log`. Returns wall s, exit code, the last JSON line of stdout, max RSS MB, tree peak MB, stderr."""
+    `log`. Returns wall s, exit code, the last JSON line of stdout, max RSS MB, tree peak MB, stderr and
+    the peak's time (time.time())."""
     timed = os.path.exists(GNU_TIME)
     if timed:
         command = [GNU_TIME, "-v", *command]
@@ -394,15 +409,17 @@ def measured(command: list[str], env: dict, log: Path) -> tuple:
     outcome = next((json.loads(line) for line in reversed(stdout.splitlines()) if line.startswith("{")), None)
     print("    at the peak: " + ", ".join(f"{name} {kb / 1024:,.0f} MB" for name, kb in
                                        sorted(sampler.at_peak.items(), key=lambda item: -item[1])), flush=True)
-    return wall, proc.returncode, outcome, maxrss, sampler.peak_kb / 1024, stderr
+    return wall, proc.returncode, outcome, maxrss, sampler.peak_kb / 1024, stderr, sampler.peak_time
 
 
 def one_import(path: Path, rows: int, target: str, label: str, home: Path, db: str | None, logs: Path,
                profile: Path | None = None) -> Run:
     url = PG_TARGET.format(db=db) if db else None
     log = logs / f"import_{rows}_{target}_{label.replace(' ', '').replace('#', '')}.log"
-    wall, rc, outcome, maxrss, tree, stderr = run_import(path, home, url, log, profile)
+    wall, rc, outcome, maxrss, tree, stderr, peak_time = run_import(path, home, url, log, profile)
     steps, total = step_durations(stderr, home, (outcome or {}).get("run_id"))
+    if step := peak_step(home, (outcome or {}).get("run_id"), peak_time):
+        print(f"    the peak was in {step}", flush=True)
     run = Run(rows, target, label, wall, rc, outcome, maxrss, tree, steps, total, str(log))
     counts = (outcome or {}).get("counts", {})
     print(f"  {target:8} {rows:>9,} {label:10} rc={rc} wall={wall:6.1f}s peak={run.peak_mb:6.0f} MB "
@@ -477,7 +494,7 @@ def one_job_run(path: Path, rows: int, executor: str, logs: Path) -> Run:
     command = [sys.executable, str(Path(__file__).resolve()), "--job-child", str(path), "--executor", executor]
     log = logs / f"job_{rows}_{executor}.log"
     try:
-        wall, rc, outcome, maxrss, tree, _ = measured(command, env, log)
+        wall, rc, outcome, maxrss, tree, _, _ = measured(command, env, log)
     finally:
         shutil.rmtree(home, ignore_errors=True)
         shutil.rmtree(dagster_home, ignore_errors=True)
@@ -720,7 +737,7 @@ def dlt_runs(path: Path, rows: int, logs: Path) -> list[Run]:
         for label in ("dlt merge #1", "dlt merge again"):
             log = logs / f"dlt_{rows}_{label.split()[-1].strip('#')}.log"
             command = [DLT_PYTHON, str(Path(__file__).resolve()), "--dlt-child", str(path), db, str(work)]
-            wall, rc, outcome, maxrss, tree, _ = measured(command, os.environ.copy(), log)
+            wall, rc, outcome, maxrss, tree, _, _ = measured(command, os.environ.copy(), log)
             run = Run(rows, "postgres", label, wall, rc, outcome, maxrss, tree, {}, None, str(log))
             print(f"  dlt      {rows:>9,} {label:15} rc={rc} wall={wall:6.1f}s peak={run.peak_mb:6.0f} MB "
                   f"target rows={(outcome or {}).get('rows_in_target')}", flush=True)
