@@ -58,7 +58,7 @@ def sharing_memory(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
     Expectations in the validator, ~350 MB) and DuckDB only reads it frames: DuckDB evicts its cached
     pages down to it, and reads them back from the file as it needs them. A 10M-row batch's checked
     rows kept the run process at the full limit beside the validator, the import's peak (at half the
-    limit, still 9% above 1M's; a quarter cost 1M rows' checks nothing measurable)."""
+    limit, still 11% above 1M's; a quarter cost 1M rows' checks nothing measurable)."""
     con.execute(f"SET memory_limit = '{memory_limit_bytes() // SHARED_PART}B'")
     try:
         yield
