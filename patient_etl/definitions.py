@@ -23,6 +23,7 @@ def build_defs(resources: dict | None = None) -> dg.Definitions:
     setting read as the runs go (DuckDB's memory limit) is checked here: a code location that loads
     runs no batch into it."""
     memory_limit()
+    resources = {"etl": patient_etl_from_env(), "sources": sources_from_env(), **(resources or {})}
     return dg.Definitions.merge(
         source_assets.defs(),
         staging_assets.defs(),
@@ -37,9 +38,8 @@ def build_defs(resources: dict | None = None) -> dg.Definitions:
             jobs=[import_job],
             sensors=[failure.batch_failure_sensor, partitions.batch_partitions_sensor],
             # The two processes a run starts as it starts (GX's validator, the linkage) are resources too.
-            resources={"etl": patient_etl_from_env(), "sources": sources_from_env(),
-                       "row_check_validator": quality_assets.RowCheckValidator(),
-                       "linkage_process": linkage_assets.LinkageProcess(), **(resources or {})},
+            resources={"row_check_validator": quality_assets.RowCheckValidator(etl=resources["etl"]),
+                       "linkage_process": linkage_assets.LinkageProcess(), **resources},
             # Every launch (the job, asset-graph Materialize, backfills) runs a batch in one process: a
             # step process would spend seconds importing the code location, a dozen times, and DuckDB
             # already uses both cores; batches run side by side as separate runs.

@@ -106,9 +106,9 @@ def _started_at(pid: int) -> dt.datetime:
 
 def test_a_batch_larger_than_duckdbs_limit_starts_its_validator_when_the_checks_need_it(tmp_path, etl, monkeypatch,
                                                                                          fresh_validator):
-    """Staging a batch larger than DuckDB's memory limit fills it: the validator prewarmed as the run
-    started (GX imported, idle) goes, and the row checks start another inside their reduced limit. A
-    smaller batch keeps the prewarmed one."""
+    """Staging a batch larger than DuckDB's memory limit fills it: the validator prewarmed by the command
+    (GX imported, idle) goes as the run starts (its `row_check_validator` resource), and the row checks
+    start another inside their reduced limit. A smaller batch keeps the prewarmed one."""
     monkeypatch.setenv(validators.IDLE_SECONDS, "0")
     monkeypatch.setenv("PATIENT_ETL_DUCKDB_MEMORY", "96MB")  # DuckDB's CSV reader wants ~50 MB of it
     validators.prewarm()

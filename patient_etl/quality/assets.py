@@ -6,7 +6,7 @@ from patient_etl.entities import ENTITIES
 from patient_etl.errors import phi_safe
 from patient_etl.partitions import batches
 from patient_etl.quality.row_checks import run_row_checks
-from patient_etl.quality.validator import Validator, prewarm, validator
+from patient_etl.quality.validator import Validator, park, prewarm, validator
 from patient_etl.resources import PatientEtl
 from patient_etl.staging.assets import staged_rows
 from patient_etl.staging.mappings import load_mapping
@@ -15,10 +15,16 @@ from patient_etl.workspace import CHECKS, STAGED
 
 class RowCheckValidator(dg.ConfigurableResource):
     """The process Great Expectations runs in (`validator.py`). Dagster sets a run's resources up as the
-    run starts: the validator imports GX on the other core while the run lands and stages its batch."""
+    run starts: the validator imports GX on the other core while the run lands and stages its batch,
+    unless the batch is larger than DuckDB's memory limit (`park`: started when its checks need it)."""
+
+    etl: dg.ResourceDependency[PatientEtl]
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        prewarm()
+        batch_id = context.dagster_run.tags.get("dagster/partition") if context.dagster_run else None
+        batch = self.etl.registry().get(batch_id) if batch_id else None
+        if batch is None or not park(sum(f.size for f in batch.files)):
+            prewarm()
 
     def process(self) -> Validator:
         return validator()

@@ -15,8 +15,8 @@ meanwhile); a worker exits when its run closes the connection or ends.
 the run starts (`prewarm()`, also called by the `patient-etl` command before it imports Dagster), so GX
 is imported on the other core while the run lands and stages the batch.
 
-Either way a batch larger than DuckDB's memory limit lets its prewarmed validator go as its staging
-begins (`park`), and its row checks start another when GX first needs it. One validator serves a
+Either way a run whose batch is larger than DuckDB's memory limit lets its prewarmed validator go as
+it starts (`park`), and its row checks start another when GX first needs it. One validator serves a
 process's runs in turn and is started again if it died. Messages are pickled over the connection (the
 child points its own stdout at stderr, so nothing GX prints can garble a reply). Frames go as Arrow
 tables; replies carry rule indexes and row ids only. Nothing is written to disk. A child's error comes
@@ -249,20 +249,21 @@ def prewarm() -> None:
     validator().start()
 
 
-def park(batch_bytes: int) -> None:
-    """A batch larger than DuckDB's memory limit is about to be staged: staging fills the limit, and the
-    validator prewarmed beside it (~230 MB once GX is imported, idle until the row checks) was a 10M-row
-    import's peak. An idle validator goes; the row checks start another when GX first needs it, inside
-    their reduced limit (`duck.sharing_memory`): ~3 s of GX import on a batch that takes minutes."""
+def park(batch_bytes: int) -> bool:
+    """For a run whose batch is larger than DuckDB's memory limit (True): its staging fills the limit,
+    and the validator prewarmed beside it (~230 MB once GX is imported, idle until the row checks) was a
+    10M-row import's peak. An idle validator goes; the row checks start another when GX first needs it,
+    inside their reduced limit (`duck.sharing_memory`): ~3 s of GX import on a batch that takes minutes."""
     from patient_etl.duck import memory_limit_bytes  # not before prewarm: duckdb's import costs ~0.1 s
 
     global _validator
     if batch_bytes <= memory_limit_bytes():
-        return
+        return False
     with _starting:
         if _validator is not None and not _validator.lock.locked():
             _validator.stop()
             _validator = None
+    return True
 
 
 def _freeze_heap() -> None:

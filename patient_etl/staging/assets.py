@@ -8,7 +8,6 @@ from patient_etl.entities.kinds import ssn_token_macro
 from patient_etl.errors import phi_safe
 from patient_etl.failure import fail_batch
 from patient_etl.partitions import batches
-from patient_etl.quality.validator import park
 from patient_etl.resources import PatientEtl
 from patient_etl.sources import Sources
 from patient_etl.sources.assets import landed_batch
@@ -24,7 +23,6 @@ def staged_rows(context: dg.AssetExecutionContext, etl: PatientEtl, sources: Sou
     home, registry = etl.home_dir(), etl.registry()
     batch = registry.require(context.partition_key)
     workspace = etl.workspace(batch.batch_id)
-    park(sum(item["size"] for item in batch.landed))
     try:
         with phi_safe(home, batch.batch_id, "staging"), workspace.open(STAGED) as db:
             db.con.execute(ssn_token_macro(etl.ssn_hash_key()))
