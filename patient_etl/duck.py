@@ -20,7 +20,9 @@ def scalar(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None)
 
 
 MEMORY_LIMIT = "PATIENT_ETL_DUCKDB_MEMORY"  # per database a process opens, in DuckDB's units
-DEFAULT_MEMORY_LIMIT = "512MB"
+# 384MB: a 10M-row batch then peaks within 6% of a 1M-row one (at 512MB 10-13% above, in the publish),
+# at no cost measured at 1M or 10M rows (BENCHMARKS, session 12); 256MB cost 1M rows ~5 s.
+DEFAULT_MEMORY_LIMIT = "384MB"
 
 
 class SettingError(ValueError):

@@ -140,7 +140,7 @@ def test_parking_ends_an_idle_validator_and_the_next_one_starts_when_asked(monke
     validators.prewarm()
     warm = validators.validator()
     warm._ready()
-    validators.park(96_000_000)  # within the default 512MB: kept
+    validators.park(96_000_000)  # within the default 384MB: kept
     assert validators.validator() is warm and warm.alive()
     validators.park(600_000_000)
     assert not warm.alive()
