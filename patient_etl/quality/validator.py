@@ -250,10 +250,10 @@ def prewarm() -> None:
 
 
 def park(batch_bytes: int) -> bool:
-    """For a run whose batch is larger than DuckDB's memory limit (True): its staging fills the limit,
-    and the validator prewarmed beside it (~230 MB once GX is imported, idle until the row checks) was a
-    10M-row import's peak. An idle validator goes; the row checks start another when GX first needs it,
-    inside their reduced limit (`duck.sharing_memory`): ~3 s of GX import on a batch that takes minutes."""
+    """True, and an idle validator ended, for a run whose batch is larger than DuckDB's memory limit: its
+    staging fills the limit, and the validator prewarmed beside it (~230 MB once GX is imported, idle
+    until the row checks) was a 10M-row import's peak. The row checks start another when GX first needs
+    it, inside their reduced limit (`duck.sharing_memory`): ~3 s of GX import on a batch of minutes."""
     from patient_etl.duck import memory_limit_bytes  # not before prewarm: duckdb's import costs ~0.1 s
 
     global _validator
