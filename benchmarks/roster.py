@@ -593,7 +593,7 @@ def trace_child(argv: list[str]) -> int:
     timed_generator(row_checks._GroupFrames, "frames", "  of which: DuckDB -> Arrow frames")
     timed(row_checks, "run_row_checks", "row_checks.run_row_checks")
     for cls in (Target, PostgresTarget, SqliteTarget):
-        for name in ("apply_entity", "load", "fetch", "write_logs", "migrate"):
+        for name in ("decide_entity", "write_entity", "load", "fetch", "write_logs", "migrate"):
             if name in vars(cls):
                 timed(cls, name, f"Target.{name}")
 

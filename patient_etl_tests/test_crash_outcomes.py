@@ -8,6 +8,7 @@ what the commit did, and each processing run keeps its own row in `import_run` a
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import subprocess
 import sys
@@ -91,3 +92,33 @@ def test_a_publish_that_fails_writing_its_logs_leaves_no_errors_files(tmp_path, 
     assert [p.suffix for p in written] == [".csv", ".xlsx"]
     assert [line.split(",")[0] for line in written[0].read_text().splitlines()[1:]] == ["P4", "P5"]
     assert not [p for p in results.iterdir() if p.name.endswith(".writing")]
+
+
+def test_an_errors_file_that_cannot_be_written_fails_the_publish_before_its_commit(tmp_path, pg_etl, home,
+                                                                                   run_import):
+    # The files are written while the target writes; one that cannot be written (here a folder stands
+    # where its workbook goes, as a full disk would refuse it) fails the publish before the commit, in
+    # each of its attempts: nothing is applied, and the reprocess publishes and writes them all. (Before,
+    # the files were awaited after the commit: the batch failed with its rows applied.)
+    url, results = pg_etl.target_url, home / "results"
+    results.mkdir(parents=True, exist_ok=True)
+    days = {dt.datetime.now(dt.UTC).date(), (dt.datetime.now(dt.UTC) + dt.timedelta(minutes=10)).date()}
+    blocked = [results / f".{day.isoformat()}_roster_errors.xlsx.0.{os.getpid()}.writing" for day in days]
+    for path in blocked:
+        path.mkdir()
+    failed = run_import(write_csv(tmp_path / "roster.csv", HEADER, *ROWS), pg_etl)
+    assert failed["status"] == "Failed", failed
+    assert query(url, "SELECT count(*) FROM member") == [(0,)]
+    assert query(url, "SELECT count(*) FROM import_run_row") == [(0,)]
+    # No row's outcome, nothing half-written: the batch's failure, and the folders in the way.
+    (report,) = [p for p in results.iterdir() if p not in blocked]
+    assert report.read_text().splitlines()[1].startswith(",,,Failed,error: batch: publishing failed with "
+                                                         "xlsxwriter.exceptions.FileCreateError")
+
+    for path in blocked:
+        path.rmdir()
+    again = run_batch(failed["batch_id"], pg_etl)
+    assert again["status"] == "Finished with Errors"
+    assert again["counts"] == {"Created": 3, "Updated": 0, "Unchanged": 0, "Errored": 1}
+    assert sorted(p.suffix for p in results.glob("*roster_errors*")) == [".csv", ".xlsx"]
+    assert [p.name for p in results.iterdir() if p.name.startswith(".")] == []

@@ -318,7 +318,9 @@ def apply(target, duck, batch_id: str, write: bool = True) -> dict[int, tuple]:
     with target.begin() as conn:
         target.serialize_publishes(conn)
         target.migrate(conn, list(ENTITIES.values()))
-        target.apply_entity(conn, duck, PROVIDER, batch_id, "2026-11-22T08:00:00+00:00", write=write)
+        decided = target.decide_entity(conn, duck, PROVIDER)
+        if write:
+            target.write_entity(conn, PROVIDER, decided, batch_id, "2026-11-22T08:00:00+00:00")
     return {r[0]: r[1:] for r in duck.execute(
         "SELECT rid, key, status, changed_fields, first_rid FROM outcome_provider").fetchall()}
 

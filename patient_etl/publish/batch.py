@@ -1,5 +1,5 @@
-"""Publishing a batch: every entity applied and both logs written in one target transaction, then
-the results files."""
+"""Publishing a batch: every entity applied and both logs written in one target transaction; the results
+files written beside the target's writes, and linked into place once the transaction ends."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from patient_etl import results
 from patient_etl.batches import Batch, Home
@@ -19,6 +20,9 @@ from patient_etl.publish.references import check_references
 from patient_etl.results import STATUSES, batch_row, results_base, utc_now
 from patient_etl.target import maybe_die_after_commit, maybe_die_before_commit, open_target
 from patient_etl.workspace import CHECKS, PUBLISH, ROW_LOG, STAGED, StageDb, Workspace, entity_stage
+
+if TYPE_CHECKING:
+    from patient_etl.target.base import EntityOutcome
 
 
 @dataclass
@@ -51,7 +55,9 @@ def publish_order(entities: list[Entity]) -> list[Entity]:
 def publish_batch(home: Home, batch: Batch, target_url: str, dry_run: bool = False,
                   run_id: str | None = None, hold: Callable[[dict[str, int]], str | None] | None = None,
                   previewed: Path | None = None) -> PublishSummary:
-    """Apply the batch and write its logs in one target transaction, then its results files.
+    """Apply the batch and write its logs in one target transaction; its results files are written on a
+    thread as soon as the outcomes are decided, while the target writes (a file that cannot be written
+    fails the publish before its commit), and linked into place once the transaction ends.
 
     When the target holds a run of this batch whose end the registry never recorded (the process died
     right after the commit), nothing is applied again: that run's committed outcome is reported, and its
@@ -81,8 +87,9 @@ def publish_batch(home: Home, batch: Batch, target_url: str, dry_run: bool = Fal
                     recovered = committed
                     target.fetch_run_rows(conn, duck, committed["run_id"], ROW_LOG)
                     transaction.rollback()
+                    decided = []
                 else:
-                    _apply(conn, target, db, batch, entities, now, dry_run)
+                    decided = _decide(conn, target, db, batch, entities)
                 counts = dict(duck.execute(f"SELECT status, count(*) FROM {ROW_LOG} GROUP BY status").fetchall())
                 counts = {s: counts.get(s, 0) for s in STATUSES}
                 status = "Finished with Errors" if counts["Errored"] else "Finished"
@@ -93,21 +100,25 @@ def publish_batch(home: Home, batch: Batch, target_url: str, dry_run: bool = Fal
                 if previewed is not None:
                     changed = review.compare_with_preview(duck, ROW_LOG, previewed)
                     log, extra = review.REVIEWED_LOG, ("since_preview",)
-                results.write_csv(duck, results.results_query(log, db.batch_files, extra), tmp)
-                # The row log is final: its errors files are written beside the logs' load and the commit.
-                errors = stack.enter_context(_ErrorsFiles(home, db, batch, results.file_label(dry_run, bool(held))))
+                # The row log is final: the files are written while the target writes the entities and
+                # the logs (the Python process only waits on it then; the workbook is Python, cell by cell).
+                files = stack.enter_context(_ResultsFiles(home, db, batch, results.file_label(dry_run, bool(held)),
+                                                          results.results_query(log, db.batch_files, extra),
+                                                          tmp, final))
                 if dry_run or held:
                     transaction.rollback()
                     if held:
                         review.save_preview(duck, ROW_LOG, review.preview_outcomes(workspace))
                 elif not recovered:
+                    for entity, outcome in decided:
+                        target.write_entity(conn, entity, outcome, batch.batch_id, now)
                     target.write_logs(conn, duck, f"SELECT * FROM {ROW_LOG}",
                                       batch_row(batch, status, counts, final.name, run_id=run_id))
+                    files.wait()  # raises what stopped a file, before the commit: the publish rolls back
                     maybe_die_before_commit()
                     transaction.commit()
                     maybe_die_after_commit()
-            results_file = results.link_into_place(tmp, final)
-            errors_files = errors.link_into_place()
+            results_file, errors_files = files.link_into_place()
             by_entity = {
                 e: dict(duck.execute(f"SELECT status, count(*) FROM {ROW_LOG} WHERE entity = ? GROUP BY status",
                                      [e]).fetchall())
@@ -120,8 +131,10 @@ def publish_batch(home: Home, batch: Batch, target_url: str, dry_run: bool = Fal
         target.dispose()
 
 
-def _apply(conn, target, db: StageDb, batch: Batch, entities: list[Entity], now: str, dry_run: bool) -> None:
-    """Every entity's rows whose references hold, upserted (or only compared, in a dry run); the row log."""
+def _decide(conn, target, db: StageDb, batch: Batch, entities: list[Entity]) -> list[tuple[Entity, EntityOutcome]]:
+    """Every entity's rows whose references hold, loaded into the target and their outcomes decided (the
+    entities' own tables are not written yet: each entity's outcome depends only on its own table); the
+    row log."""
     duck = db.con
     check_references(conn, target, db, entities)
     for entity in entities:  # what is applied: the normalized rows whose references hold
@@ -129,9 +142,9 @@ def _apply(conn, target, db: StageDb, batch: Batch, entities: list[Entity], now:
             CREATE VIEW {entity.table} AS SELECT * FROM {db.normalized(entity.name)}
             WHERE rid NOT IN (SELECT rid FROM ref_messages WHERE entity = '{entity.name}'
                               AND severity = 'error')""")
-    for entity in entities:
-        target.apply_entity(conn, duck, entity, batch.batch_id, now, write=not dry_run)
+    decided = [(entity, target.decide_entity(conn, duck, entity)) for entity in entities]
     _build_row_log(db, batch.batch_id, entities)
+    return decided
 
 
 def _build_row_log(db: StageDb, batch_id: str, entities: list[Entity]) -> None:
@@ -173,16 +186,19 @@ class _ErrorsFile:
     xlsx_final: Path
 
 
-class _ErrorsFiles:
-    """The batch's errors files (a CSV and a workbook for each file with errored rows), written from the
-    final row log on a thread of their own while the publish loads its logs and commits (the workbook is
-    written cell by cell in Python, seconds per 10,000 errored rows, while the run mostly waits on the
-    target), then linked into place: only once the batch's outcome is committed (or rolled back, for a
-    preview or a dry run). When the publish fails instead, the thread is waited for and its files removed."""
+class _ResultsFiles:
+    """The batch's results file and its errors files (a CSV and a workbook for each file with errored
+    rows), written from the final row log on a thread of their own while the target writes the entities
+    and the logs (the workbook is written cell by cell in Python, seconds per 10,000 errored rows, while
+    the run mostly waits on the target), then linked into place: only once the batch's outcome is
+    committed (or rolled back, for a preview or a dry run). When the publish fails instead, the thread is
+    stopped and waited for, and its files removed."""
 
-    def __init__(self, home: Home, db: StageDb, batch: Batch, label: str):
+    def __init__(self, home: Home, db: StageDb, batch: Batch, label: str, results_query: str, results_tmp: Path,
+                 results_final: Path):
         self.error: BaseException | None = None
         self.linked = False
+        self.results_query, self.results_tmp, self.results_final = results_query, results_tmp, results_final
         # What to write, read here: the thread touches only its own cursor, never the publish's connection.
         self.files: list[_ErrorsFile] = []
         found = db.con.execute(
@@ -207,9 +223,9 @@ class _ErrorsFiles:
                                           *results.claim_name(home.results, base, ".xlsx", part=file_index)))
         self.cursor = db.con.cursor()  # DuckDB: a connection object serves one thread at a time
         self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._write, name="errors-files", daemon=True)
+        self.thread = threading.Thread(target=self._write, name="results-files", daemon=True)
 
-    def __enter__(self) -> _ErrorsFiles:
+    def __enter__(self) -> _ResultsFiles:
         self.thread.start()
         return self
 
@@ -220,26 +236,32 @@ class _ErrorsFiles:
         self.thread.join()
         self.cursor.close()
         if not self.linked:
-            for file in self.files:
-                file.csv_tmp.unlink(missing_ok=True)
-                file.xlsx_tmp.unlink(missing_ok=True)
+            for path in (self.results_tmp, *(p for f in self.files for p in (f.csv_tmp, f.xlsx_tmp))):
+                with contextlib.suppress(OSError):  # never in place of what failed the publish
+                    path.unlink(missing_ok=True)
 
     def _write(self) -> None:
         try:
+            results.write_csv(self.cursor, self.results_query, self.results_tmp)
             for file in self.files:
                 if self.stop.is_set():
                     return
                 results.write_errors_csv(self.cursor, file.csv_query, file.headers, file.csv_tmp)
                 results.write_errors_xlsx(self.cursor, file.xlsx_query, file.entity, file.headers, file.xlsx_tmp,
                                           stop=self.stop)
-        except BaseException as error:  # raised in the publish's thread, by link_into_place
+        except BaseException as error:  # raised in the publish's thread, by wait
             self.error = error
 
-    def link_into_place(self) -> list[str]:
-        """The files' paths, once written and linked into place (an error in writing them is raised here)."""
+    def wait(self) -> None:
+        """Once every file is written; raises what stopped one."""
         self.thread.join()
         if self.error is not None:
             raise self.error
+
+    def link_into_place(self) -> tuple[Path, list[str]]:
+        """The results file's path and the errors files' paths, once written and linked into place."""
+        self.wait()
+        results_file = results.link_into_place(self.results_tmp, self.results_final)
         linked = []
         for file in self.files:
             csv_file = results.link_into_place(file.csv_tmp, file.csv_final)
@@ -247,4 +269,4 @@ class _ErrorsFiles:
             xlsx_file = results.link_into_place(file.xlsx_tmp, file.xlsx_final.with_stem(csv_file.stem))
             linked += [str(csv_file), str(xlsx_file)]
         self.linked = True
-        return linked
+        return results_file, linked

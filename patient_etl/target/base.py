@@ -2,8 +2,9 @@
 
 A publish runs in one transaction: `serialize_publishes` (one publish at a time per target),
 `migrate` (the spec's tables, columns and indexes added where missing, recorded in `schema_migration`),
-then per entity `apply_entity` (bulk load into a temporary table, outcome per row, one upsert generated
-from the spec), then `write_logs`. A publish that dies half-way leaves the target as it was.
+then per entity `decide_entity` (bulk load into a temporary table, outcome per row), then per entity
+`write_entity` (one upsert generated from the spec), then `write_logs`. A publish that dies half-way
+leaves the target as it was.
 
 Implementations give: `TYPES` (logical type -> their type), the engine options, the publish lock,
 `catalog` and `same_type` for the migration, and the two bulk moves `load` and `fetch`.
@@ -326,7 +327,7 @@ class Target:
     def upsert_statements(cls, entity: Entity) -> list[str]:
         """Insert the batch's Created rows of `incoming_<entity>`, then update its Updated rows; an update
         never erases a value with an empty cell. Group lists arrive already merged with the stored ones by
-        index (see `apply_entity`) and lose their empty slots here (`list_compact`), in the pass that
+        index (see `decide_entity`) and lose their empty slots here (`list_compact`), in the pass that
         writes them: only the rows written pay for it. Parameters `:batch_id` and `:now`.
 
         Two plain statements, not INSERT .. ON CONFLICT: outcomes were decided under the publish lock, so a
@@ -367,13 +368,14 @@ class Target:
         """The upsert as one script (what `sql/upsert_<entity>.sql` shows)."""
         return "\n".join(cls.upsert_statements(entity))
 
-    def apply_entity(self, conn: sa.Connection, duck: duckdb.DuckDBPyConnection, entity: Entity,
-                     batch_id: str, now: str, write: bool) -> EntityOutcome:
-        """Load the batch's normalized rows, decide each row's outcome against the target, upsert.
+    def decide_entity(self, conn: sa.Connection, duck: duckdb.DuckDBPyConnection, entity: Entity) -> EntityOutcome:
+        """Load the batch's normalized rows and decide each row's outcome against the target; nothing is
+        written to the entity's table (`write_entity` does, in the same transaction).
 
         Leaves `outcome_<entity>` (rid, key, status, changed_fields, first_rid, message) in DuckDB; a row
         whose key resolves to the same record as an earlier row of the batch is a `Conflict`, a keyless row
-        whose match key finds several stored records is `Ambiguous` (message names them).
+        whose match key finds several stored records is `Ambiguous` (message names them). The target keeps
+        the batch's `incoming_<entity>` and `outcome_<entity>` for `write_entity`.
         """
         key = entity.key
         stored = dict(stored_columns(entity))
@@ -489,18 +491,20 @@ class Target:
                    outcome, {"rid": "BIGINT", "key": "VARCHAR", "status": "VARCHAR", "changed_fields": "VARCHAR",
                              "first_rid": "BIGINT", "message": "VARCHAR"})
         counts = dict(duck.execute(f"SELECT status, count(*) FROM {outcome} GROUP BY status").fetchall())
-        if write:
-            # A statement only where it has rows to write: a re-import's insert of no new record still
-            # read every incoming row to find none (0.6 s at 1M).
-            inserting, updating = counts.get("Created", 0), counts.get("Updated", 0)
-            rebuild = self._defer_indexes(conn, entity, inserting)
-            insert, update = self.upsert_statements(entity)
-            for statement in [insert] * bool(inserting) + [update] * bool(updating):
-                conn.execute(sa.text(statement), {"batch_id": batch_id, "now": now})
-            for statement in rebuild:
-                conn.exec_driver_sql(statement)
         return EntityOutcome(entity.name, counts.get("Created", 0), counts.get("Updated", 0),
                              counts.get("Unchanged", 0), counts.get("Conflict", 0) + counts.get("Ambiguous", 0))
+
+    def write_entity(self, conn: sa.Connection, entity: Entity, decided: EntityOutcome, batch_id: str,
+                     now: str) -> None:
+        """Insert the Created rows and update the Updated ones that `decide_entity` left in the target."""
+        # A statement only where it has rows to write: a re-import's insert of no new record still
+        # read every incoming row to find none (0.6 s at 1M).
+        rebuild = self._defer_indexes(conn, entity, decided.created)
+        insert, update = self.upsert_statements(entity)
+        for statement in [insert] * bool(decided.created) + [update] * bool(decided.updated):
+            conn.execute(sa.text(statement), {"batch_id": batch_id, "now": now})
+        for statement in rebuild:
+            conn.exec_driver_sql(statement)
 
     def _defer_indexes(self, conn: sa.Connection, entity: Entity, inserting: int) -> list[str]:
         """Into an empty table, a large batch is inserted before its secondary indexes exist (built once
