@@ -249,6 +249,7 @@ class TreeRss:
         self.pid, self.interval, self.peak_kb = pid, interval, 0
         self.at_peak: dict[str, int] = {}
         self.peak_time = 0.0  # time.time() at the peak
+        self.samples: list[tuple[float, int]] = []  # (time.time(), the tree's KB) at each sample
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -286,6 +287,7 @@ class TreeRss:
                                 break
                 except OSError:
                     pass
+            self.samples.append((time.time(), sum(held.values())))
             if sum(held.values()) > self.peak_kb:
                 self.peak_kb, self.at_peak, self.peak_time = sum(held.values()), held, time.time()
             self._stop.wait(self.interval)
@@ -326,17 +328,22 @@ def step_durations(stderr: str, home: Path | None = None, run_id: str | None = N
     return steps, (float(total.group(1)) * _UNITS[total.group(2)] if total else None)
 
 
-def peak_step(home: Path, run_id: str | None, when: float) -> str | None:
-    """The step of the run (by default the home's last) under way at `when`, from the home's instance."""
+def step_peaks(home: Path, run_id: str | None, sampler: TreeRss) -> tuple[str | None, dict[str, float]]:
+    """The step of the run (by default the home's last) under way at the tree's peak, and each step's
+    own peak (MB), from the home's instance and the sampler's samples."""
     if not (home / "dagster" / "dagster.yaml").exists():
-        return None
+        return None, {}
     import dagster as dg
 
     with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:
         run_id = run_id or next((r.run_id for r in instance.get_runs(limit=1)), None)  # the import just run
         stats = instance.get_run_step_stats(run_id) if run_id else []
-    return next((s.step_key for s in stats if s.start_time and s.end_time and s.start_time <= when <= s.end_time),
-                "no step (startup, between steps or exit)")
+    spans = [(s.step_key, s.start_time, s.end_time) for s in stats if s.start_time and s.end_time]
+    at_peak = next((key for key, start, end in spans if start <= sampler.peak_time <= end),
+                   "no step (startup, between steps or exit)")
+    peaks = {key: max((kb for when, kb in sampler.samples if start <= when <= end), default=0) / 1024
+             for key, start, end in spans}
+    return at_peak, peaks
 
 
 @dataclass
@@ -388,7 +395,7 @@ def run_import(path: Path, home: Path, target_url: str | None, log: Path, profil
 def measured(command: list[str], env: dict, log: Path) -> tuple:
     """Run `command` (under GNU time when present) with its process tree's RSS sampled; stderr goes to
     `log`. Returns wall s, exit code, the last JSON line of stdout, max RSS MB, tree peak MB, stderr and
-    the peak's time (time.time())."""
+    the sampler (the peak's time, every sample)."""
     timed = os.path.exists(GNU_TIME)
     if timed:
         command = [GNU_TIME, "-v", *command]
@@ -409,17 +416,19 @@ def measured(command: list[str], env: dict, log: Path) -> tuple:
     outcome = next((json.loads(line) for line in reversed(stdout.splitlines()) if line.startswith("{")), None)
     print("    at the peak: " + ", ".join(f"{name} {kb / 1024:,.0f} MB" for name, kb in
                                        sorted(sampler.at_peak.items(), key=lambda item: -item[1])), flush=True)
-    return wall, proc.returncode, outcome, maxrss, sampler.peak_kb / 1024, stderr, sampler.peak_time
+    return wall, proc.returncode, outcome, maxrss, sampler.peak_kb / 1024, stderr, sampler
 
 
 def one_import(path: Path, rows: int, target: str, label: str, home: Path, db: str | None, logs: Path,
                profile: Path | None = None) -> Run:
     url = PG_TARGET.format(db=db) if db else None
     log = logs / f"import_{rows}_{target}_{label.replace(' ', '').replace('#', '')}.log"
-    wall, rc, outcome, maxrss, tree, stderr, peak_time = run_import(path, home, url, log, profile)
+    wall, rc, outcome, maxrss, tree, stderr, sampler = run_import(path, home, url, log, profile)
     steps, total = step_durations(stderr, home, (outcome or {}).get("run_id"))
-    if step := peak_step(home, (outcome or {}).get("run_id"), peak_time):
-        print(f"    the peak was in {step}", flush=True)
+    step, peaks = step_peaks(home, (outcome or {}).get("run_id"), sampler)
+    if step:
+        print(f"    the peak was in {step}; each step's peak: "
+              + ", ".join(f"{key} {mb:,.0f} MB" for key, mb in peaks.items() if mb), flush=True)
     run = Run(rows, target, label, wall, rc, outcome, maxrss, tree, steps, total, str(log))
     counts = (outcome or {}).get("counts", {})
     print(f"  {target:8} {rows:>9,} {label:10} rc={rc} wall={wall:6.1f}s peak={run.peak_mb:6.0f} MB "
