@@ -287,9 +287,10 @@ class TreeRss:
                                 break
                 except OSError:
                     pass
-            self.samples.append((time.time(), sum(held.values())))
-            if sum(held.values()) > self.peak_kb:
-                self.peak_kb, self.at_peak, self.peak_time = sum(held.values()), held, time.time()
+            total, now = sum(held.values()), time.time()
+            self.samples.append((now, total))
+            if total > self.peak_kb:
+                self.peak_kb, self.at_peak, self.peak_time = total, held, now
             self._stop.wait(self.interval)
 
 
