@@ -1,6 +1,7 @@
 -- Generated from the entity spec by `python -m patient_etl.target.ddl`, not by hand.
--- Publish runs it per batch: incoming_/outcome_ are its temporary tables. The same on SQLite, except
--- that its insert joins each row to its outcome and sorts them by key (Target.upsert_statements).
+-- Publish runs it per batch: incoming_/outcome_ are its temporary tables. Into an empty table the rows
+-- are loaded in key order and inserted without the ORDER BY. The same on SQLite, except that its insert
+-- joins each row to its outcome (Target.upsert_statements).
 INSERT INTO eop (
     eop_id, claim_id, payment_date, paid_amount, patient_responsibility, adjustment_amount,
     adjustment_codes, check_number, extra, created_batch_id, updated_batch_id, created_at,
@@ -9,7 +10,8 @@ SELECT s.eop_id, s.claim_id, s.payment_date, s.paid_amount, s.patient_responsibi
     s.adjustment_codes, s.check_number, s.extra,
     :batch_id, :batch_id, :now, :now
 FROM incoming_eop s
-WHERE NOT EXISTS (SELECT 1 FROM outcome_eop o WHERE o.rid = s.rid AND o.status <> 'Created');
+WHERE NOT EXISTS (SELECT 1 FROM outcome_eop o WHERE o.rid = s.rid AND o.status <> 'Created')
+ORDER BY s.eop_id;
 
 UPDATE eop SET
     claim_id = coalesce(u.claim_id, eop.claim_id),

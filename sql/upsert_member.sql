@@ -1,6 +1,7 @@
 -- Generated from the entity spec by `python -m patient_etl.target.ddl`, not by hand.
--- Publish runs it per batch: incoming_/outcome_ are its temporary tables. The same on SQLite, except
--- that its insert joins each row to its outcome and sorts them by key (Target.upsert_statements).
+-- Publish runs it per batch: incoming_/outcome_ are its temporary tables. Into an empty table the rows
+-- are loaded in key order and inserted without the ORDER BY. The same on SQLite, except that its insert
+-- joins each row to its outcome (Target.upsert_statements).
 INSERT INTO member (
     member_id, first_name, middle_name, last_name, birth_date, sex, ssn, family_id, relationship,
     ssn_hash, extra, match_key, addresses, emails, phones, created_batch_id, updated_batch_id,
@@ -12,7 +13,8 @@ SELECT s.member_id, s.first_name, s.middle_name, s.last_name, s.birth_date, s.se
     CASE WHEN (s.phones LIKE '[null%%' OR s.phones LIKE '%%,null%%' OR s.phones LIKE '%%, null%%') THEN (SELECT json_agg(CASE WHEN json_typeof(i.v) <> 'null' THEN i.v ELSE o.v END ORDER BY coalesce(i.n, o.n))::text FROM json_array_elements(coalesce(s.phones, '[]')::json) WITH ORDINALITY AS i(v, n) FULL JOIN json_array_elements(coalesce(NULL, '[]')::json) WITH ORDINALITY AS o(v, n) ON o.n = i.n WHERE CASE WHEN json_typeof(i.v) <> 'null' THEN i.v ELSE o.v END IS NOT NULL AND json_typeof(CASE WHEN json_typeof(i.v) <> 'null' THEN i.v ELSE o.v END) <> 'null') ELSE s.phones END AS phones,
     :batch_id, :batch_id, :now, :now
 FROM incoming_member s
-WHERE NOT EXISTS (SELECT 1 FROM outcome_member o WHERE o.rid = s.rid AND o.status <> 'Created');
+WHERE NOT EXISTS (SELECT 1 FROM outcome_member o WHERE o.rid = s.rid AND o.status <> 'Created')
+ORDER BY s.member_id;
 
 UPDATE member SET
     first_name = coalesce(u.first_name, member.first_name),

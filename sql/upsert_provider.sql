@@ -1,6 +1,7 @@
 -- Generated from the entity spec by `python -m patient_etl.target.ddl`, not by hand.
--- Publish runs it per batch: incoming_/outcome_ are its temporary tables. The same on SQLite, except
--- that its insert joins each row to its outcome and sorts them by key (Target.upsert_statements).
+-- Publish runs it per batch: incoming_/outcome_ are its temporary tables. Into an empty table the rows
+-- are loaded in key order and inserted without the ORDER BY. The same on SQLite, except that its insert
+-- joins each row to its outcome (Target.upsert_statements).
 INSERT INTO provider (
     provider_id, provider_name, npi, taxonomy_code, specialty, organization_name, phone, extra,
     addresses, created_batch_id, updated_batch_id, created_at, updated_at)
@@ -9,7 +10,8 @@ SELECT s.provider_id, s.provider_name, s.npi, s.taxonomy_code, s.specialty, s.or
     CASE WHEN (s.addresses LIKE '[null%%' OR s.addresses LIKE '%%,null%%' OR s.addresses LIKE '%%, null%%') THEN (SELECT json_agg(CASE WHEN json_typeof(i.v) <> 'null' THEN i.v ELSE o.v END ORDER BY coalesce(i.n, o.n))::text FROM json_array_elements(coalesce(s.addresses, '[]')::json) WITH ORDINALITY AS i(v, n) FULL JOIN json_array_elements(coalesce(NULL, '[]')::json) WITH ORDINALITY AS o(v, n) ON o.n = i.n WHERE CASE WHEN json_typeof(i.v) <> 'null' THEN i.v ELSE o.v END IS NOT NULL AND json_typeof(CASE WHEN json_typeof(i.v) <> 'null' THEN i.v ELSE o.v END) <> 'null') ELSE s.addresses END AS addresses,
     :batch_id, :batch_id, :now, :now
 FROM incoming_provider s
-WHERE NOT EXISTS (SELECT 1 FROM outcome_provider o WHERE o.rid = s.rid AND o.status <> 'Created');
+WHERE NOT EXISTS (SELECT 1 FROM outcome_provider o WHERE o.rid = s.rid AND o.status <> 'Created')
+ORDER BY s.provider_id;
 
 UPDATE provider SET
     provider_name = coalesce(u.provider_name, provider.provider_name),

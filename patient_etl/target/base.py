@@ -51,6 +51,7 @@ class EntityOutcome:
     updated: int = 0
     unchanged: int = 0
     conflicts: int = 0
+    in_key_order: bool = False  # the incoming rows were loaded in key order: the insert takes them as they lie
 
 
 @dataclass(frozen=True)
@@ -324,7 +325,7 @@ class Target:
         return f"CASE WHEN {gappy} THEN {cls.list_merge(expr, 'NULL')} ELSE {expr} END"
 
     @classmethod
-    def upsert_statements(cls, entity: Entity) -> list[str]:
+    def upsert_statements(cls, entity: Entity, in_key_order: bool = False) -> list[str]:
         """Insert the batch's Created rows of `incoming_<entity>`, then update its Updated rows; an update
         never erases a value with an empty cell. Group lists arrive already merged with the stored ones by
         index (see `decide_entity`) and lose their empty slots here (`list_compact`), in the pass that
@@ -333,9 +334,10 @@ class Target:
         Two plain statements, not INSERT .. ON CONFLICT: outcomes were decided under the publish lock, so a
         Created key is absent and an Updated one present, and a plain insert skips the speculative insertion
         ON CONFLICT pays per row (a 1M-row first import: 8.9 s of upsert). Rows go in key order, so the key's
-        index grows at its right edge. Incoming rows loaded in key order (`INCOMING_KEYED` false) are
-        inserted as they lie, less the few that are not Created (an anti-join on those keeps the order: no
-        sort and no join of every row; 3.7 s -> 2.5 s at 1M, 16 s -> 11 s at 4M). Otherwise (SQLite,
+        index grows at its right edge (1M new records in a shuffled file's order: 5.2-6.8 s against 2.9-3.3 s
+        sorted). Without an index on the incoming rows (`INCOMING_KEYED` false), the Created ones are those
+        not among the few that are not (an anti-join: no join of every row; 3.7 s -> 2.5 s at 1M, 16 s -> 11 s
+        at 4M), sorted here unless they were loaded `in_key_order` (see `decide_entity`). Otherwise (SQLite,
         whose subquery would scan the outcomes once per row) they are joined to their outcomes and sorted."""
         cols = [c for c, _ in stored_columns(entity)]
         table, key = entity.table, entity.key
@@ -353,7 +355,8 @@ class Target:
             created = source + f"WHERE o.status = 'Created'\nORDER BY s.{key};\n"
         else:
             created = (f"FROM incoming_{entity.name} s\nWHERE NOT EXISTS (SELECT 1 FROM outcome_{entity.name} o "
-                       "WHERE o.rid = s.rid AND o.status <> 'Created');\n")
+                       "WHERE o.rid = s.rid AND o.status <> 'Created')" + ("" if in_key_order else f"\nORDER BY s.{key}")
+                       + ";\n")
         insert = (f"INSERT INTO {table} (\n    {listed([*plain, *lists, *AUDIT_COLUMNS])})\n"
                   f"SELECT {select},\n    :batch_id, :batch_id, :now, :now\n" + created)
         assignments = [f"{c} = coalesce(u.{c}, {table}.{c})" for c in cols if c != key]
@@ -385,8 +388,14 @@ class Target:
                         primary_key="rid" if self.INCOMING_KEYED else None)
         # In index order, here and below: B-tree indexes then grow at their right edge instead of
         # splitting pages all over (a 1M-row log loaded in its arbitrary order took 7 s, most of it there).
-        # Without an index on rid, in the entity's key order: the insert then writes them as they lie.
-        order = "s.rid" if self.INCOMING_KEYED else f"s.{key}, s.rid"
+        # Without an index on rid: in the entity's key order into an empty table (a first load, where
+        # every row is Created: the insert then writes them as they lie), else as DuckDB produces them.
+        # Sorting the batch's wide rows before the first block leaves PostgreSQL waiting (1.0-1.5 s of a
+        # 1M-row load), for nothing when few rows are new (a re-import inserts none): the insert sorts
+        # the rows it writes instead.
+        in_key_order = not self.INCOMING_KEYED and bool(
+            conn.exec_driver_sql(f"SELECT NOT EXISTS (SELECT 1 FROM {entity.table})").scalar())
+        order = ("ORDER BY s.rid" if self.INCOMING_KEYED else f"ORDER BY s.{key}, s.rid" if in_key_order else "")
         # Each row with its key's first row of the batch (a later one is a Conflict), found by DuckDB: the
         # target's window over the key sorted 1M rows on disk first (1.4 s of a 1M-row outcome statement).
         # Only keys the batch repeats are aggregated (a window here carried every column through it: +1.3 s
@@ -395,8 +404,7 @@ class Target:
                     f"GROUP BY {key} HAVING count(*) > 1")
         self.load(conn, duck, f"SELECT s.rid, CASE WHEN s.{key} IS NOT NULL THEN coalesce(r.first_rid, s.rid) END "
                               f"AS first_rid, {', '.join(f's.{c}' for c in cols)} FROM {entity.table} s "
-                              f"LEFT JOIN ({repeated}) r ON r.{key} = s.{key} "
-                              f"ORDER BY {order}",
+                              f"LEFT JOIN ({repeated}) r ON r.{key} = s.{key} {order}",
                   incoming, ["rid", "first_rid", *cols])
         self.analyze(conn, incoming)
         outcome = f"outcome_{entity.name}"
@@ -492,7 +500,8 @@ class Target:
                              "first_rid": "BIGINT", "message": "VARCHAR"})
         counts = dict(duck.execute(f"SELECT status, count(*) FROM {outcome} GROUP BY status").fetchall())
         return EntityOutcome(entity.name, counts.get("Created", 0), counts.get("Updated", 0),
-                             counts.get("Unchanged", 0), counts.get("Conflict", 0) + counts.get("Ambiguous", 0))
+                             counts.get("Unchanged", 0), counts.get("Conflict", 0) + counts.get("Ambiguous", 0),
+                             in_key_order)
 
     def write_entity(self, conn: sa.Connection, entity: Entity, decided: EntityOutcome, batch_id: str,
                      now: str) -> None:
@@ -500,7 +509,7 @@ class Target:
         # A statement only where it has rows to write: a re-import's insert of no new record still
         # read every incoming row to find none (0.6 s at 1M).
         rebuild = self._defer_indexes(conn, entity, decided.created)
-        insert, update = self.upsert_statements(entity)
+        insert, update = self.upsert_statements(entity, decided.in_key_order)
         for statement in [insert] * bool(decided.created) + [update] * bool(decided.updated):
             conn.execute(sa.text(statement), {"batch_id": batch_id, "now": now})
         for statement in rebuild:

@@ -22,8 +22,9 @@ from patient_etl.target.schema import (
 
 HEADER = "-- Generated from the entity spec by `python -m patient_etl.target.ddl`, not by hand.\n"
 CREATE = "-- PostgreSQL; SQLite runs the same with its own types. Applied where missing by the schema migration.\n"
-UPSERT = ("-- Publish runs it per batch: incoming_/outcome_ are its temporary tables. The same on SQLite, except\n"
-          "-- that its insert joins each row to its outcome and sorts them by key (Target.upsert_statements).\n")
+UPSERT = ("-- Publish runs it per batch: incoming_/outcome_ are its temporary tables. Into an empty table the rows\n"
+          "-- are loaded in key order and inserted without the ORDER BY. The same on SQLite, except that its insert\n"
+          "-- joins each row to its outcome (Target.upsert_statements).\n")
 
 
 def generated_files() -> dict[str, str]:
