@@ -51,7 +51,7 @@ class EntityOutcome:
     updated: int = 0
     unchanged: int = 0
     conflicts: int = 0
-    in_key_order: bool = False  # the incoming rows were loaded in key order: the insert takes them as they lie
+    was_empty: bool = False  # the entity's table held no rows (the incoming ones are then loaded in key order)
 
 
 @dataclass(frozen=True)
@@ -393,9 +393,8 @@ class Target:
         # Sorting the batch's wide rows before the first block leaves PostgreSQL waiting (1.0-1.5 s of a
         # 1M-row load), for nothing when few rows are new (a re-import inserts none): the insert sorts
         # the rows it writes instead.
-        in_key_order = not self.INCOMING_KEYED and bool(
-            conn.exec_driver_sql(f"SELECT NOT EXISTS (SELECT 1 FROM {entity.table})").scalar())
-        order = ("ORDER BY s.rid" if self.INCOMING_KEYED else f"ORDER BY s.{key}, s.rid" if in_key_order else "")
+        was_empty = bool(conn.exec_driver_sql(f"SELECT NOT EXISTS (SELECT 1 FROM {entity.table})").scalar())
+        order = ("ORDER BY s.rid" if self.INCOMING_KEYED else f"ORDER BY s.{key}, s.rid" if was_empty else "")
         # Each row with its key's first row of the batch (a later one is a Conflict), found by DuckDB: the
         # target's window over the key sorted 1M rows on disk first (1.4 s of a 1M-row outcome statement).
         # Only keys the batch repeats are aggregated (a window here carried every column through it: +1.3 s
@@ -501,29 +500,28 @@ class Target:
         counts = dict(duck.execute(f"SELECT status, count(*) FROM {outcome} GROUP BY status").fetchall())
         return EntityOutcome(entity.name, counts.get("Created", 0), counts.get("Updated", 0),
                              counts.get("Unchanged", 0), counts.get("Conflict", 0) + counts.get("Ambiguous", 0),
-                             in_key_order)
+                             was_empty)
 
     def write_entity(self, conn: sa.Connection, entity: Entity, decided: EntityOutcome, batch_id: str,
                      now: str) -> None:
         """Insert the Created rows and update the Updated ones that `decide_entity` left in the target."""
         # A statement only where it has rows to write: a re-import's insert of no new record still
         # read every incoming row to find none (0.6 s at 1M).
-        rebuild = self._defer_indexes(conn, entity, decided.created)
-        insert, update = self.upsert_statements(entity, decided.in_key_order)
+        rebuild = self._defer_indexes(conn, entity, decided)
+        # Loaded in key order into an empty table (decide_entity); SQLite's insert sorts them anyway.
+        insert, update = self.upsert_statements(entity, in_key_order=decided.was_empty)
         for statement in [insert] * bool(decided.created) + [update] * bool(decided.updated):
             conn.execute(sa.text(statement), {"batch_id": batch_id, "now": now})
         for statement in rebuild:
             conn.exec_driver_sql(statement)
 
-    def _defer_indexes(self, conn: sa.Connection, entity: Entity, inserting: int) -> list[str]:
+    def _defer_indexes(self, conn: sa.Connection, entity: Entity, decided: EntityOutcome) -> list[str]:
         """Into an empty table, a large batch is inserted before its secondary indexes exist (built once
         after, in the same transaction: ~3x faster than maintaining a hash-ordered index row by row).
         Returns the statements that build them again. A table with rows keeps its indexes: dropping them
         would lock out its readers until the commit."""
         table = entity_table(entity)
-        if not table.indexes or inserting < DEFER_INDEXES_FROM_ROWS:
-            return []
-        if not conn.exec_driver_sql(f"SELECT NOT EXISTS (SELECT 1 FROM {entity.table})").scalar():
+        if not table.indexes or decided.created < DEFER_INDEXES_FROM_ROWS or not decided.was_empty:
             return []
         for index in table.indexes:
             conn.exec_driver_sql(f"DROP INDEX IF EXISTS {index.name}")
