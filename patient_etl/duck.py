@@ -19,6 +19,11 @@ def scalar(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None)
     return first_row(con, sql, params)[0]
 
 
+def sql_literal(text: str) -> str:
+    """`text` as an SQL string literal (DuckDB, PostgreSQL and SQLite quote alike)."""
+    return "'" + text.replace("'", "''") + "'"
+
+
 MEMORY_LIMIT = "PATIENT_ETL_DUCKDB_MEMORY"  # per database a process opens, in DuckDB's units
 # 384MB: a 10M-row batch then peaks within 6% of a 1M-row one (at 512MB 10-13% above, in the publish),
 # at no cost measured at 1M or 10M rows (BENCHMARKS, session 12); 256MB cost 1M rows ~5 s.

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 import duckdb
 
 from patient_etl.batches import Batch
-from patient_etl.duck import in_memory
+from patient_etl.duck import in_memory, sql_literal
 from patient_etl.entities import ENTITIES
 from patient_etl.entities.spec import is_messages_column
 
@@ -75,10 +75,6 @@ def status_row(batch: Batch, status: str, run_id: str | None = None) -> dict:
         "sha256": json.dumps({f["name"]: f["sha256"] for f in batch.landed}) if batch.landed else None,
         "status": status, "registered_at": batch.registered_at, "run_id": run_id, "status_at": utc_now(),
     }
-
-
-def sql_literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
 
 
 def write_failed(folder: Path, batch: Batch, reason: str, scope: str = "file") -> Path:

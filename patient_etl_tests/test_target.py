@@ -204,6 +204,22 @@ def test_load_and_fetch_round_trip_with_files_only_in_the_batch_folder(target, w
     assert list(work_dir.iterdir()) == []
 
 
+def test_a_load_puts_its_constants_on_every_row(target, work_dir):
+    duck = duckdb.connect()
+    duck.execute("CREATE TABLE rows (rid BIGINT, note VARCHAR)")
+    duck.executemany("INSERT INTO rows VALUES (?, ?)", [(1, "a"), (2, None), (3, "O'Brien")])
+    with target.connect() as conn:
+        conn.begin()
+        target.temp_table(conn, "moved", {"run": "text", "rid": "bigint", "batch": "text", "note": "text"})
+        target.load(conn, duck, "SELECT rid, note FROM rows", "moved", ["rid", "note"],
+                    constants={"batch": "b-1; DROP TABLE moved --", "run": "it's"})
+        moved = conn.exec_driver_sql("SELECT rid, note, batch, run FROM moved ORDER BY rid").all()
+        conn.rollback()
+    assert [tuple(r) for r in moved] == [(1, "a", "b-1; DROP TABLE moved --", "it's"),
+                                         (2, None, "b-1; DROP TABLE moved --", "it's"),
+                                         (3, "O'Brien", "b-1; DROP TABLE moved --", "it's")]
+
+
 @pytest.fixture
 def pg_target(pg_url: str, work_dir: Path):
     opened = open_target(pg_url, work_dir=work_dir)

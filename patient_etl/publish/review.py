@@ -23,7 +23,7 @@ import duckdb
 
 from patient_etl import results
 from patient_etl.batches import AWAITING_APPROVAL, Batch, Registry
-from patient_etl.duck import in_memory
+from patient_etl.duck import in_memory, sql_literal
 from patient_etl.entities import ENTITIES
 from patient_etl.partitions import batches
 from patient_etl.resources import PatientEtl
@@ -226,7 +226,7 @@ def _write_ended(folder: Path, batch: Batch, status: str, message: str) -> Path:
     tmp, final = results.claim_name(folder, results.results_base(batch))
     duck = in_memory()
     try:
-        text = results.neutralize(results.sql_literal(message))
+        text = results.neutralize(sql_literal(message))
         results.write_csv(duck, f"SELECT NULL::BIGINT AS row_number, NULL AS entity, NULL AS external_id, "
                                 f"'{status}' AS status, {text} AS messages", tmp)
     finally:

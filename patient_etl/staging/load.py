@@ -19,7 +19,7 @@ from pathlib import Path
 import duckdb
 
 from patient_etl.batches import temporary_name
-from patient_etl.duck import scalar, select_lists
+from patient_etl.duck import scalar, select_lists, sql_literal
 from patient_etl.entities import ENTITIES, FORMAT_ALIASES
 from patient_etl.entities.kinds import SSN_TOKEN_MACRO
 from patient_etl.entities.spec import MAX_GROUP_INDEX, Entity, is_messages_column, map_header, whole_name_hint
@@ -667,7 +667,7 @@ def _stage_with_sql(db: StageDb, mapping: Mapping, staged: list[StagedFile]) -> 
         known = [c.name for c in entity.columns()]
         present = [c for c in known if c in produced or c in template.constants]
         cells = [f"nullif(trim(CAST(q.{c} AS VARCHAR)), '') AS {c}" if c in produced
-                 else f"{_literal(template.constants[c])} AS {c}" for c in present]
+                 else f"{sql_literal(template.constants[c])} AS {c}" for c in present]
         i, width = driving.file_index, len(driving.header.headers)
         con.execute(f"""
             CREATE TABLE {db.staged(name)} AS
@@ -679,10 +679,6 @@ def _stage_with_sql(db: StageDb, mapping: Mapping, staged: list[StagedFile]) -> 
                    {', '.join('NULL' for _ in present)}, NULL, {_width_message(width)}
             FROM {db.rejected(i)} x
             ORDER BY rid""")
-
-
-def _literal(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
 
 
 def _width_message(width: int) -> str:
@@ -700,7 +696,7 @@ def _control_message(headers: list[str]) -> str:
         return "CAST(NULL AS VARCHAR)"
     named = ", ".join(
         f"CASE WHEN regexp_matches(coalesce(c{j}, ''), {_CONTROL}) THEN "
-        f"{_literal((h or f'column {j + 1}') + ': contains a control character (such as NUL); remove it')} END"
+        f"{sql_literal((h or f'column {j + 1}') + ': contains a control character (such as NUL); remove it')} END"
         for j, h in enumerate(headers))
     return (f"CASE WHEN regexp_matches(concat({', '.join(cells)}), {_CONTROL}) "
             f"THEN concat_ws('; ', {named}) END")
@@ -716,12 +712,12 @@ def _cell(template: EntityMapping | None, column: str, raw: str) -> str:
     if template is None:
         return cell
     if column in template.values:
-        whens = " ".join(f"WHEN {_literal(k.lower())} THEN {_literal(v)}" for k, v in template.values[column].items())
+        whens = " ".join(f"WHEN {sql_literal(k.lower())} THEN {sql_literal(v)}" for k, v in template.values[column].items())
         cell = f"(CASE lower({cell}) {whens} ELSE {cell} END)"
     if column in template.date_formats:
-        cell = f"coalesce(strftime(try_strptime({cell}, {_literal(template.date_formats[column])}), '%Y-%m-%d'), {cell})"
+        cell = f"coalesce(strftime(try_strptime({cell}, {sql_literal(template.date_formats[column])}), '%Y-%m-%d'), {cell})"
     if column in template.constants:
-        cell = f"coalesce({cell}, {_literal(template.constants[column])})"
+        cell = f"coalesce({cell}, {sql_literal(template.constants[column])})"
     return cell
 
 
@@ -736,7 +732,7 @@ def _union_entity(db: StageDb, entity: Entity, files: list[StagedFile],
         by_column = {c: j for j, c in enumerate(f.header.columns) if c}
         cells = [
             f"{_cell(template, c, f'c{by_column[c]}')} AS {c}" if c in by_column
-            else f"{_literal(template.constants[c])} AS {c}" if c in constants else f"CAST(NULL AS VARCHAR) AS {c}"
+            else f"{sql_literal(template.constants[c])} AS {c}" if c in constants else f"CAST(NULL AS VARCHAR) AS {c}"
             for c in present
         ]
         unknown = [(j, h) for j, (h, c) in enumerate(zip(f.header.headers, f.header.columns, strict=True))

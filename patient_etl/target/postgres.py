@@ -9,7 +9,7 @@ from pathlib import Path
 import duckdb
 import sqlalchemy as sa
 
-from patient_etl.duck import csv_blocks
+from patient_etl.duck import csv_blocks, sql_literal
 from patient_etl.target.base import TableCatalog, Target
 
 
@@ -67,7 +67,14 @@ class PostgresTarget(Target):
         conn.exec_driver_sql(f"ANALYZE {table}")
 
     def load(self, conn: sa.Connection, duck: duckdb.DuckDBPyConnection, query: str, table: str,
-             columns: list[str]) -> None:
+             columns: list[str], constants: dict[str, str] | None = None) -> None:
+        # Constants in the rows DuckDB writes: COPY takes every value from its stream, and a text field
+        # more costs it little (a 1M-row log loaded without its two ids, then inserted with them as
+        # constants, was no faster: BENCHMARKS, session 13).
+        if constants:
+            query = (f"SELECT {', '.join(f'{sql_literal(v)} AS {c}' for c, v in constants.items())}, * "
+                     f"FROM ({query})")
+            columns = [*constants, *columns]
         # Piped, not through a file: PostgreSQL takes each block while DuckDB writes the next (on the
         # two cores, a 1M-row load overlaps DuckDB's 1-2 s of sorting and writing with the COPY).
         cursor = conn.connection.driver_connection.cursor()

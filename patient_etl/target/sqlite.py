@@ -16,6 +16,7 @@ from pathlib import Path
 import duckdb
 import sqlalchemy as sa
 
+from patient_etl.duck import sql_literal
 from patient_etl.target.base import TableCatalog, Target
 
 _FETCH_ROWS = 50_000
@@ -104,10 +105,13 @@ class SqliteTarget(Target):
         return affinity(found) == affinity(self.TYPES[logical])
 
     def load(self, conn: sa.Connection, duck: duckdb.DuckDBPyConnection, query: str, table: str,
-             columns: list[str]) -> None:
+             columns: list[str], constants: dict[str, str] | None = None) -> None:
         as_text = ", ".join(f"CAST({c} AS VARCHAR) AS {c}" for c in columns)
         result = duck.execute(f"SELECT {as_text} FROM ({query})")
-        insert = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})"
+        # Constants as literals of the statement, not values bound per row.
+        constants = constants or {}
+        values = [*(sql_literal(v) for v in constants.values()), *("?" for _ in columns)]
+        insert = f"INSERT INTO {table} ({', '.join([*constants, *columns])}) VALUES ({', '.join(values)})"
         while rows := result.fetchmany(_FETCH_ROWS):
             conn.exec_driver_sql(insert, rows)
 
