@@ -707,7 +707,10 @@ def _cell(template: EntityMapping | None, column: str, raw: str) -> str:
 
     A leading `'` before a formula character (`= + - @`, tab, return) is the one this product's files
     (and spreadsheets) put there so the cell is not run as a formula: it is not part of the value."""
-    unquoted = f"CASE WHEN regexp_matches({raw}, {NEUTRALIZED}) THEN substr({raw}, 2) ELSE {raw} END"
+    # The regular expression only for a cell that starts with a quote: DuckDB evaluates the second term
+    # of an AND only for the rows the first passes (RE2 on every cell: ~0.3 s of a 1M-row roster's checks).
+    unquoted = (f"CASE WHEN starts_with({raw}, '''') AND regexp_matches({raw}, {NEUTRALIZED}) "
+                f"THEN substr({raw}, 2) ELSE {raw} END")
     cell = f"nullif(trim({unquoted}), '')"
     if template is None:
         return cell
