@@ -211,6 +211,11 @@ class Stopped(Exception):
 
 
 SHEET_ROWS = 1_048_576  # Excel's rows per worksheet, the header's included
+# Error cells a workbook comments (every one is highlighted; its row's `errors` cell and the `errors`
+# sheet name every error). xlsxwriter holds each comment until the workbook closes (~0.7-1.7 KB apiece:
+# a 10M-row batch's 99,921 errored rows grew the publish by ~100 MB), and Excel opens a workbook of
+# 100,000 comment shapes slowly: past this many, the fill alone marks the cell.
+COMMENTED_CELLS = 10_000
 
 
 class _Sheets:
@@ -241,11 +246,12 @@ class _Sheets:
 
 def write_errors_xlsx(duck: duckdb.DuckDBPyConnection, query: str, entity: str,
                       headers: list[tuple[int, str, str | None]], tmp: Path, sheet_rows: int = SHEET_ROWS,
-                      stop: threading.Event | None = None) -> None:
+                      stop: threading.Event | None = None, commented_cells: int = COMMENTED_CELLS) -> None:
     """The errors file as a workbook: the partner's cells as text (no formula ever runs), each cell
-    with an error filled and commented, and a second sheet listing every error by row and column. More
-    lines than a worksheet holds (`sheet_rows`) go on on `rows 2`, `errors 2`...; the listing then
-    names the sheet of a row that is not on `rows`. `stop`, once set, ends the writing (`Stopped`)."""
+    with an error filled (and, for the first `commented_cells`, commented), and a second sheet listing
+    every error by row and column. More lines than a worksheet holds (`sheet_rows`) go on on `rows 2`,
+    `errors 2`...; the listing then names the sheet of a row that is not on `rows`. `stop`, once set,
+    ends the writing (`Stopped`)."""
     import xlsxwriter  # heavy-ish, and only needed when a file has errored rows
 
     labels = {c.name: c.label for c in ENTITIES[entity].columns()} if entity in ENTITIES else {}
@@ -263,6 +269,7 @@ def write_errors_xlsx(duck: duckdb.DuckDBPyConnection, query: str, entity: str,
         rows = _Sheets(workbook, "rows", [header for _, header, _ in echoed] + ["errors"], bold, sheet_rows)
         listing = _Sheets(workbook, "errors", ["row", "column", "error"], bold, sheet_rows)
         result = duck.execute(f"SELECT * EXCLUDE (_n) FROM ({query}) ORDER BY _n")
+        comments = 0
         while chunk := result.fetchmany(2048):
             if stop is not None and stop.is_set():
                 raise Stopped("the errors workbook was not finished: its publish ended first")
@@ -275,7 +282,9 @@ def write_errors_xlsx(duck: duckdb.DuckDBPyConnection, query: str, entity: str,
                     problems = by_label.get(labels.get(column or "", ""), [])
                     if problems:
                         sheet.write_string(line, j, value or "", bad)
-                        sheet.write_comment(line, j, "; ".join(problems))
+                        if comments < commented_cells:
+                            sheet.write_comment(line, j, "; ".join(problems))
+                            comments += 1
                         for problem in problems:
                             errors, at = listing.next_line()
                             if rows.count == 1:

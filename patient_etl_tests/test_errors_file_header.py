@@ -52,3 +52,27 @@ def test_errors_workbook_goes_on_on_further_sheets_past_a_sheets_rows(tmp_path):
     assert ["rows 2: 2", "Sex", "unknown"] in listed  # M4, the first line of `rows 2`
     assert ["rows 3: 2", "Member ID", "too long"] not in listed and ["rows 3: 2", "Sex", "unknown"] in listed
     assert workbook["rows 3"]["B2"].comment.text == "unknown"
+
+
+def test_past_its_commented_cells_a_workbook_highlights_error_cells_without_a_comment(tmp_path):
+    """xlsxwriter holds every comment until the workbook closes: a workbook comments its first error cells
+    only (here 3 of 5), every error cell is highlighted, and every error is named on its row and listed."""
+    import duckdb
+    from openpyxl import load_workbook
+
+    from patient_etl.results import COMMENTED_CELLS, write_errors_xlsx
+
+    assert COMMENTED_CELLS == 10_000
+    duck = duckdb.connect()
+    query = ("SELECT 'M' || n AS c0, 'x' || n AS c1, 'error: sex: unknown' AS errors, n AS _n FROM range(1, 6) t(n)")
+    path = tmp_path / "errors.xlsx"
+    write_errors_xlsx(duck, query, "member", [(0, "Member ID", "member_id"), (1, "Sex", "sex")], path,
+                      commented_cells=3)
+    rows = load_workbook(path)["rows"]
+    sex = [rows.cell(row=line, column=2) for line in range(2, 7)]
+    assert [c.value for c in sex] == [f"x{n}" for n in range(1, 6)]
+    assert [c.comment.text if c.comment else None for c in sex] == ["unknown"] * 3 + [None] * 2
+    assert all(c.fill.fgColor.rgb.endswith("FFC7CE") for c in sex)
+    assert [rows.cell(row=line, column=3).value for line in range(2, 7)] == ["error: sex: unknown"] * 5
+    listed = [[c.value for c in row] for row in load_workbook(path)["errors"].iter_rows(min_row=2)]
+    assert listed == [[line, "Sex", "unknown"] for line in range(2, 7)]
