@@ -535,11 +535,13 @@ class Target:
     def write_logs(self, conn: sa.Connection, duck: duckdb.DuckDBPyConnection, row_log_query: str,
                    batch_row: dict) -> None:
         """In the publish transaction: the run's row log and outcome into the history (`import_run_row`,
-        `import_run`) and the batch's row, which now names this run's row log as its latest (`import_row`)."""
+        `import_run`) and the batch's row, which now names this run's row log as its latest (`import_row`).
+        `row_log_query` gives the rows in the history's key order (entity, file_index, row_number): they
+        are loaded as they come, and the key's index grows at its right edge."""
         run_id, batch_id = batch_row["run_id"], batch_row["batch_id"]
         # The batch's row log: its batch_id is the batch's, on every row, as is the run's id.
         varying = [c for c in ROW_LOG_COLUMNS if c != "batch_id"]
-        rows = f"SELECT {', '.join(varying)} FROM ({row_log_query}) ORDER BY entity, file_index, row_number"
+        rows = f"SELECT {', '.join(varying)} FROM ({row_log_query})"
         self.load(conn, duck, rows, "import_run_row", varying, constants={"run_id": run_id, "batch_id": batch_id})
         self.write_batch_row(conn, batch_row)
         conn.execute(sa.text("UPDATE import_batch SET row_log_run_id = :r WHERE batch_id = :b"),
