@@ -213,8 +213,8 @@ class Stopped(Exception):
 SHEET_ROWS = 1_048_576  # Excel's rows per worksheet, the header's included
 # Error cells a workbook comments (every one is highlighted; its row's `errors` cell and the `errors`
 # sheet name every error). xlsxwriter holds each comment until the workbook closes (~0.7-1.7 KB apiece:
-# a 10M-row batch's 99,921 errored rows grew the publish by ~100 MB), and Excel opens a workbook of
-# 100,000 comment shapes slowly: past this many, the fill alone marks the cell.
+# a 10M-row batch's 99,921 errored rows grew the publish by ~100 MB), each also a shape in the workbook's
+# drawing part: past this many, the fill alone marks the cell.
 COMMENTED_CELLS = 10_000
 
 
