@@ -29,7 +29,7 @@ from pathlib import Path
 import duckdb
 
 from patient_etl.batches import Home, temporary_name
-from patient_etl.duck import connect
+from patient_etl.duck import connect, sql_literal
 
 STAGED = "staged"
 CHECKS = "checks"
@@ -141,8 +141,7 @@ class StageDb:
     def attach(self, stage: str) -> None:
         if stage in self._attached or stage == self.stage:
             return
-        path = str(self.workspace.path(stage)).replace("'", "''")
-        self.con.execute(f"ATTACH '{path}' AS {_alias(stage)} (READ_ONLY)")
+        self.con.execute(f"ATTACH {sql_literal(str(self.workspace.path(stage)))} AS {_alias(stage)} (READ_ONLY)")
         self._attached.add(stage)
 
     def has_table(self, name: str) -> bool:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import duckdb
 
+from patient_etl.duck import sql_literal
 from patient_etl.entities import ENTITIES
 from patient_etl.entities.spec import Entity, TotalNotAbove
 from patient_etl.workspace import StageDb, checked_value
@@ -96,7 +97,7 @@ def _says_sql(says: str, values: dict[str, str]) -> str:
     parts = []
     for literal, name, _, _ in string.Formatter().parse(says):
         if literal:
-            parts.append("'" + literal.replace("'", "''") + "'")
+            parts.append(sql_literal(literal))
         if name:
             parts.append(f"CAST({values[name]} AS VARCHAR)")
     return " || ".join(parts)

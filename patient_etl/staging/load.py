@@ -744,7 +744,7 @@ def _union_entity(db: StageDb, entity: Entity, files: list[StagedFile],
         if width > _WIDE:
             extra, control, join = "w.extra", "w.control", f"LEFT JOIN {_wide_cells(db, f)} w USING (row_number) "
         elif unknown:
-            pairs = ", ".join(f"'{h.replace(chr(39), chr(39) * 2)}', nullif(trim(c{j}), '')" for j, h in unknown)
+            pairs = ", ".join(f"{sql_literal(h)}, nullif(trim(c{j}), '')" for j, h in unknown)
             values = ", ".join(f"nullif(trim(c{j}), '')" for j, _ in unknown)
             extra = f"CASE WHEN coalesce({values}) IS NOT NULL THEN json_object({pairs}) END"
         keyed = ["x.external_id" if c == entity.key else "NULL" for c in present]

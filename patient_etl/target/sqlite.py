@@ -137,6 +137,6 @@ def _temp_store_in(dbapi_connection, folder: Path) -> None:
     a 10M-row batch's (the incoming rows, their outcomes) grew the process past 6 GB. SQLite names its
     temporary files' folder per process (the deprecated but supported `temp_store_directory`); one
     publish runs in a process at a time, and each sets its own before it begins."""
-    dbapi_connection.execute(f"PRAGMA temp_store_directory = '{str(folder).replace(chr(39), chr(39) * 2)}'")
+    dbapi_connection.execute(f"PRAGMA temp_store_directory = {sql_literal(str(folder))}")
     for pragma in ("temp_store=FILE", f"temp.cache_size={_CACHE}"):
         dbapi_connection.execute(f"PRAGMA {pragma}")
