@@ -225,3 +225,50 @@ def test_unknown_columns_are_kept_and_reported_once(tmp_path, run_import, etl):
     extra = dict(query(etl.target(), "SELECT member_id, extra FROM member"))
     assert json.loads(extra["U1"]) == {"Favourite Colour": "teal", "Notes": None}
     assert json.loads(extra["U2"]) == {"Favourite Colour": None, "Notes": "x"}
+
+
+def test_frames_cut_a_long_file_and_join_short_ones():
+    """The row checks send GX each rule group's rows in frames of at most CHUNK_ROWS, each an interval
+    of ids; a file's rows have consecutive ids, and the ids between two files belong to no row."""
+    from patient_etl.quality.row_checks import frame_intervals
+
+    assert frame_intervals([], 4) == []
+    assert frame_intervals([(1, 4)], 4) == [(1, 4)]
+    assert frame_intervals([(0, 9)], 4) == [(0, 3), (4, 7), (8, 9)]
+    # Short files share an interval while their rows fit; the next file that does not starts one.
+    assert frame_intervals([(1, 2), (10, 11), (20, 21)], 5) == [(1, 11), (20, 21)]
+    # A long file's last piece takes the short file after it, not the one after that.
+    file = 10_000_000_000
+    assert frame_intervals([(1, 10), (file + 1, file + 2), (2 * file + 1, 2 * file + 3)], 4) == \
+        [(1, 4), (5, 8), (9, file + 2), (2 * file + 1, 2 * file + 3)]
+
+
+def test_every_file_of_a_batch_is_checked_in_its_frames(tmp_path, run_import, etl):
+    """Over ONE_FRAME_ROWS rows, rules whose values are mostly distinct (e-mails, phones) are checked on
+    the rows themselves, framed by id across the batch's files: an error at either end of each file,
+    and in the middle, is found where it is."""
+    from patient_etl.quality.row_checks import ONE_FRAME_ROWS
+
+    per_file = ONE_FRAME_ROWS // 2 + 1_000
+    header = "id,First Name,Last Name,dob,Sex,Email,Phone"
+    bad = {("a.csv", 1): "email", ("a.csv", per_file): "phone", ("b.csv", 1): "phone",
+           ("b.csv", per_file // 2): "email", ("b.csv", per_file): "email"}
+    paths = []
+    for name in ("a.csv", "b.csv"):
+        rows = []
+        for n in range(1, per_file + 1):
+            email, phone = f"p{n}@{name[0]}.example.org", f"617{n:07d}"
+            if bad.get((name, n)) == "email":
+                email = f"p{n} at example.org"
+            elif bad.get((name, n)) == "phone":
+                phone = phone[:-3]
+            rows.append(f"{name[0]}{n},Ann,Lee,1980-01-01,F,{email},{phone}")
+        paths.append(write_csv(tmp_path / name, header, *rows))
+    results = read_results(run_import(paths, etl))
+    assert len(results) == 2 * per_file
+    errored = {(r["file"], int(r["row_number"])): r["messages"] for r in results if r["status"] == "Errored"}
+    assert errored.keys() == bad.keys()
+    for where, field in bad.items():
+        expected = "email: is not a valid e-mail address" if field == "email" else "phone: must have 10 digits"
+        assert expected in errored[where], where
+    assert sum(r["status"] == "Created" for r in results) == 2 * per_file - len(bad)

@@ -198,7 +198,11 @@ class Validator:
                 for g in range(len(groups)):
                     for frame in frames(g):
                         self.rows_checked += frame.num_rows
-                        for index, ids in self._ask("run", g, frame):
+                        failing = self._ask("run", g, frame)
+                        # Let go of it now: the loop's name would hold it while the next one is built
+                        # (two 250k-row frames in the run process instead of one).
+                        del frame
+                        for index, ids in failing:
                             yield g, index, ids
                 self._ask("close")
                 done = True
