@@ -9,6 +9,8 @@ from collections.abc import Iterator, Sequence
 
 import duckdb
 
+from patient_etl.heap import return_large_buffers
+
 
 def first_row(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> tuple:
     rows = con.execute(sql, params or []).fetchall()
@@ -83,7 +85,9 @@ def out_of_memory(step: str) -> str:
 def connect(path: str = ":memory:", read_only: bool = False, config: dict | None = None) -> duckdb.DuckDBPyConnection:
     """`duckdb.connect` with the memory limit (`memory_limit`), and without the progress bar DuckDB draws
     on stderr for a query over ~2 s (a 1M-row batch's): noise in the command line's output and in every
-    step's captured log. Its cursors inherit."""
+    step's captured log. Its cursors inherit. The process's large freed buffers go back to the system
+    (`heap.py`)."""
+    return_large_buffers()
     con = duckdb.connect(path, read_only=read_only, config={"memory_limit": memory_limit(), **(config or {})})
     con.execute("SET enable_progress_bar = false")
     return con

@@ -123,3 +123,33 @@ def test_the_linkage_keeps_duckdbs_own_limit(tmp_path, monkeypatch):
     finally:
         for con in (linkage, stage, default):
             con.close()
+
+
+_LARGE_BLOCK_PROBE = """
+import ctypes, sys
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                               "fsmblks", "uordblks", "fordblks", "keepcost")]
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype, libc.malloc.restype, libc.free.argtypes = MallInfo2, ctypes.c_void_p, [ctypes.c_void_p]
+if sys.argv[1] == "connect":
+    from patient_etl.duck import connect
+    connect().close()
+libc.free(libc.malloc(8 << 20))  # a large buffer freed: glibc raises its threshold to 8 MiB, unless fixed
+mapped = libc.mallinfo2().hblkhd
+block = libc.malloc(2 << 20)
+print("mapped" if libc.mallinfo2().hblkhd - mapped >= 2 << 20 else "heap")
+"""
+
+
+@pytest.mark.parametrize(("first", "where"), [("connect", "mapped"), ("nothing", "heap")])
+def test_a_process_that_opens_a_database_keeps_large_buffers_out_of_its_heap(first, where):
+    """After DuckDB's first database, a large buffer (a frame of rows) is its own mapping, returned to
+    the system when freed, even after a larger one was freed (`heap.py`); without it, glibc serves it from
+    the heap, where what it frees stays in the process."""
+    import subprocess
+    import sys
+
+    probe = subprocess.run([sys.executable, "-c", _LARGE_BLOCK_PROBE, first], capture_output=True, text=True,
+                           check=True)
+    assert probe.stdout.strip() == where

@@ -43,6 +43,7 @@ from functools import cache
 from typing import IO, TYPE_CHECKING
 
 from patient_etl import servers
+from patient_etl.heap import return_large_buffers
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -331,6 +332,7 @@ def _worker(conn: socket.socket) -> int:
 
 
 def main(argv: list[str]) -> int:
+    return_large_buffers()  # GX's pandas frames, one after another (a shared server's workers inherit it)
     replies = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # whatever GX prints goes to stderr, not into a reply
     if argv[:1] == ["--serve"]:
