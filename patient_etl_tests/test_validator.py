@@ -211,3 +211,23 @@ def test_the_shared_server_refuses_another_user(fresh_validator):
             os._exit(code)
     _, status = os.waitpid(child, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+@pytest.mark.parametrize("idle", ["60", "0"], ids=["shared", "private"])
+def test_a_validators_arrow_buffers_come_from_the_c_library(monkeypatch, idle, fresh_validator):
+    """Arrow's default pool (mimalloc) kept what each frame's buffers freed: the validator grew with the
+    number of frames. Its environment picks the system allocator, which Arrow reads as it starts."""
+    monkeypatch.setenv(validators.IDLE_SECONDS, idle)
+    validators.validator().stop()
+    handle = validators.validator()
+    handle._ready()
+    environ: dict[str, str] = {}
+    deadline = time.monotonic() + 30
+    while not environ and time.monotonic() < deadline:  # read as the child is still exec'ing, it is empty
+        environ = dict(item.split("=", 1) for item in Path(f"/proc/{handle.pid}/environ").read_text().split("\0")
+                       if "=" in item)
+        time.sleep(0.05)
+    assert environ.get("ARROW_DEFAULT_MEMORY_POOL") == "system", sorted(environ)
+    pool = subprocess.run([sys.executable, "-c", "import pyarrow; print(pyarrow.default_memory_pool().backend_name)"],
+                          env=environ, capture_output=True, text=True, check=True)
+    assert pool.stdout.strip() == "system"
