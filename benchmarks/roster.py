@@ -35,8 +35,6 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import duckdb
-
 HEADER = ("Patient ID,First Name,Last Name,Date of Birth,Sex,Address Line 1,City,State,Zip,Email,Phone,SSN")
 BAD_PER_10K = 100  # 1% of rows carry exactly one error
 BAD_KINDS = ("impossible date", "unknown sex", "bad email", "7-digit phone", "incomplete address", "duplicate id")
@@ -79,6 +77,8 @@ def generate(path: Path, rows: int, seed: int) -> dict:
     rows where independent picks give ~984k), so that most rows shared a stored member's identity
     and a re-import warned on 86% of them. The planted errors are picked as before (10,088 at 1M).
     """
+    import duckdb
+
     con = duckdb.connect()
     r = lambda salt: f"hash(i, {seed}, {salt})"  # noqa: E731 - a UBIGINT per row and salt
     mixed = lambda salt: f"hash({r(salt)})"  # noqa: E731 - the same, independent of the other salts' picks
@@ -174,6 +174,8 @@ def _sha256(path: Path) -> str:
 
 def roster_file(out: Path, rows: int, seed: int) -> tuple[Path, dict]:
     """The roster for (rows, seed), generated once and reused while its sidecar still matches."""
+    import duckdb  # here and in the benchmark's other DuckDB functions: --dlt-python's venv has only dlt
+
     path = out / f"roster_{rows}_seed{seed}.csv"
     meta_path = path.with_suffix(".json")
     if path.exists() and meta_path.exists():
@@ -193,6 +195,8 @@ def roster_file(out: Path, rows: int, seed: int) -> tuple[Path, dict]:
 
 def duckdb_floor(path: Path) -> float:
     """DuckDB reading the file, all text, into a table of an on-disk database (as staging does)."""
+    import duckdb
+
     with tempfile.TemporaryDirectory() as tmp:
         con = duckdb.connect(str(Path(tmp) / "floor.duckdb"))
         started = time.perf_counter()
@@ -559,6 +563,7 @@ def trace_child(argv: list[str]) -> int:
     import atexit
     from collections import defaultdict
 
+    import duckdb
     import sqlalchemy as sa
 
     times: list[tuple[str, float, str]] = []
