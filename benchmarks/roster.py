@@ -713,6 +713,9 @@ def table(runs: list[Run], floors: dict[int, dict[str, float]]) -> str:
         c = (r.outcome or {}).get("counts", {})
         counts = "/".join(f"{c.get(k, '?'):,}" if isinstance(c.get(k), int) else "?"
                           for k in ("Created", "Updated", "Unchanged", "Errored"))
+        if r.rc != 0:  # a run that failed has no figures, only its log
+            lines.append(f"| {r.rows:,} | {r.target} | {r.label} | failed (exit {r.rc}): {r.log} |" + " - |" * 7)
+            continue
         lines.append(
             f"| {r.rows:,} | {r.target} | {r.label} | {r.wall_s:.1f} | {r.rows / r.wall_s:,.0f} | {r.peak_mb:,.0f} | "
             f"{_f(duck_s)} | {_f(load_s)} | "
