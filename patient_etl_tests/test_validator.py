@@ -178,11 +178,8 @@ def test_the_shared_server_forks_a_worker_per_connection_and_a_second_server_yie
     assert time.monotonic() - started < 120
 
 
-@pytest.mark.parametrize("idle", ["60", "0"], ids=["shared", "private"])
-def test_a_validator_inherits_none_of_the_runs_settings_or_secrets(monkeypatch, idle, fresh_validator):
-    monkeypatch.setenv(validators.IDLE_SECONDS, idle)
-    monkeypatch.setenv("PATIENT_ETL_TARGET_URL", "postgresql://etl:s3cret@db.internal/patients")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s3cret")
+def _new_validators_environ() -> dict[bytes, bytes]:
+    """The environment of a validator started now (the one this process had is stopped first)."""
     validators.validator().stop()
     handle = validators.validator()
     handle._ready()
@@ -192,6 +189,15 @@ def test_a_validator_inherits_none_of_the_runs_settings_or_secrets(monkeypatch, 
         environ = dict(item.split(b"=", 1) for item in Path(f"/proc/{handle.pid}/environ").read_bytes().split(b"\0")
                        if b"=" in item)
         time.sleep(0.05)
+    return environ
+
+
+@pytest.mark.parametrize("idle", ["60", "0"], ids=["shared", "private"])
+def test_a_validator_inherits_none_of_the_runs_settings_or_secrets(monkeypatch, idle, fresh_validator):
+    monkeypatch.setenv(validators.IDLE_SECONDS, idle)
+    monkeypatch.setenv("PATIENT_ETL_TARGET_URL", "postgresql://etl:s3cret@db.internal/patients")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s3cret")
+    environ = _new_validators_environ()
     assert b"PATH" in environ and environ[b"GX_ANALYTICS_ENABLED"] == b"False"
     assert not [k for k in environ if k.startswith((b"PATIENT_ETL_", b"DAGSTER_", b"AWS_"))], sorted(environ)
     assert b"s3cret" not in b"".join(environ.values())
@@ -218,16 +224,8 @@ def test_a_validators_arrow_buffers_come_from_the_c_library(monkeypatch, idle, f
     """Arrow's default pool (mimalloc) kept what each frame's buffers freed: the validator grew with the
     number of frames. Its environment picks the system allocator, which Arrow reads as it starts."""
     monkeypatch.setenv(validators.IDLE_SECONDS, idle)
-    validators.validator().stop()
-    handle = validators.validator()
-    handle._ready()
-    environ: dict[str, str] = {}
-    deadline = time.monotonic() + 30
-    while not environ and time.monotonic() < deadline:  # read as the child is still exec'ing, it is empty
-        environ = dict(item.split("=", 1) for item in Path(f"/proc/{handle.pid}/environ").read_text().split("\0")
-                       if "=" in item)
-        time.sleep(0.05)
-    assert environ.get("ARROW_DEFAULT_MEMORY_POOL") == "system", sorted(environ)
+    environ = _new_validators_environ()
+    assert environ.get(b"ARROW_DEFAULT_MEMORY_POOL") == b"system", sorted(environ)
     pool = subprocess.run([sys.executable, "-c", "import pyarrow; print(pyarrow.default_memory_pool().backend_name)"],
                           env=environ, capture_output=True, text=True, check=True)
     assert pool.stdout.strip() == "system"
